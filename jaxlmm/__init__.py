@@ -1,0 +1,7 @@
+"""jaxlmm: linear mixed models in JAX, from one lme4-style fit to batched genome-wide variant scans."""
+
+from .fit import FitResult, fit
+from .structure import RandomTerm, general_term, group_term, kinship_term
+from .validate import InputError
+
+__all__ = ["FitResult", "InputError", "RandomTerm", "fit", "general_term", "group_term", "kinship_term"]

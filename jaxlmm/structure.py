@@ -1,0 +1,153 @@
+"""Random-effect terms and the linear algebra of ``H = I + sum_k r_k Z_k G_k Z_k'``.
+
+A :class:`RandomTerm` is one variance component: ``u ~ N(0, s2 G)`` entering the model as ``Z u``. Three
+constructors cover the seed's cases: a grouping factor ``(1|g)`` (``Z`` the indicator matrix, ``G = I``), a
+relationship matrix ``K`` (``Z = I``, ``G = K``) and the general ``Z``, ``G``.
+
+A single term is handled in its eigenbasis (:class:`GroupBasis` or :class:`EigenBasis`), which turns ``H`` into a
+diagonal matrix and makes each likelihood evaluation O(n) after one rotation of the data. For a grouping factor the
+basis is known in closed form: ``Z Z'`` has one eigenvalue per group, equal to the group's size, with eigenvector the
+normalized group indicator, and the rotation of a column is its group sums divided by sqrt(group size).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .likelihood import SpectralData
+
+# Eigenvalues below this fraction of the largest are treated as exact zeros (rounding noise of a PSD matrix).
+EIGENVALUE_RTOL = 1e-10
+
+
+class RandomTerm(NamedTuple):
+    """One variance component ``Z u``, ``u ~ N(0, s2 G)``.
+
+    name:        label used in results (the grouping column, "kinship", ...)
+    Z:           (n, q) design of the random effects
+    G:           (q, q) relationship among the q effects (identity for a grouping factor)
+    levels:      (q,) labels of the random effects (group labels or sample ids)
+    group_codes: (n,) int codes of each observation's group when the term is a grouping factor, else None
+    """
+
+    name: str
+    Z: np.ndarray
+    G: np.ndarray
+    levels: tuple
+    group_codes: np.ndarray | None = None
+
+
+class GroupBasis(NamedTuple):
+    """Closed-form eigenbasis of ``Z Z'`` for a grouping factor.
+
+    codes: (n,) int group of each observation, 0..g-1
+    sizes: (g,) group sizes = the nonzero eigenvalues
+    """
+
+    codes: jnp.ndarray
+    sizes: jnp.ndarray
+
+
+class EigenBasis(NamedTuple):
+    """Eigenbasis of a kernel ``K = U diag(s) U'`` keeping the nonzero eigenvalues.
+
+    vectors: (n, m) orthonormal eigenvectors U
+    values:  (m,)   eigenvalues s > 0
+    """
+
+    vectors: jnp.ndarray
+    values: jnp.ndarray
+
+
+def group_term(labels, name: str = "group") -> RandomTerm:
+    """A random intercept per level of ``labels`` (any hashable values), lme4's ``(1|name)``.
+
+    Levels are ordered as numpy sorts them (as lme4 orders factor levels), so results line up with R.
+    """
+    labels = np.asarray(labels)
+    levels, codes = np.unique(labels, return_inverse=True)
+    n, q = labels.shape[0], levels.shape[0]
+    Z = np.zeros((n, q))
+    Z[np.arange(n), codes] = 1.0
+    return RandomTerm(name, Z, np.eye(q), tuple(levels.tolist()), codes.astype(np.int32))
+
+
+def kinship_term(kinship, name: str = "kinship", ids=None) -> RandomTerm:
+    """A polygenic effect per observation with relationship matrix ``kinship`` (n, n): ``Z = I``, ``G = K``."""
+    kinship = np.asarray(kinship, dtype=float)
+    n = kinship.shape[0]
+    levels = tuple(ids) if ids is not None else tuple(range(1, n + 1))
+    return RandomTerm(name, np.eye(n), kinship, levels)
+
+
+def general_term(Z, G, name: str = "u", levels=None) -> RandomTerm:
+    """The seed's general form: ``Z u`` with ``u ~ N(0, s2 G)``; Z: (n, q), G: (q, q)."""
+    Z = np.asarray(Z, dtype=float)
+    G = np.asarray(G, dtype=float)
+    levels = tuple(levels) if levels is not None else tuple(range(1, Z.shape[1] + 1))
+    return RandomTerm(name, Z, G, levels)
+
+
+def kernel(term: RandomTerm) -> np.ndarray:
+    """``K = Z G Z'`` (n, n)."""
+    if term.group_codes is not None:
+        return term.Z @ term.Z.T
+    return term.Z @ term.G @ term.Z.T
+
+
+def mean_kernel_diagonal(term: RandomTerm) -> float:
+    """``tr(K) / n``: the phenotypic variance one unit of ``s2`` contributes on average (1 for a grouping factor)."""
+    if term.group_codes is not None:
+        return 1.0
+    return float(np.einsum("ij,jk,ik->", term.Z, term.G, term.Z) / term.Z.shape[0])
+
+
+def spectral_basis(term: RandomTerm):
+    """Eigenbasis of the term's kernel: closed form for a grouping factor, ``eigh`` otherwise (numpy, float64)."""
+    if term.group_codes is not None:
+        sizes = np.bincount(term.group_codes, minlength=len(term.levels)).astype(float)
+        return GroupBasis(jnp.asarray(term.group_codes), jnp.asarray(sizes))
+    values, vectors = np.linalg.eigh(kernel(term))
+    keep = values > EIGENVALUE_RTOL * max(values.max(), 0.0)
+    return EigenBasis(jnp.asarray(vectors[:, keep]), jnp.asarray(values[keep]))
+
+
+def eigenvalues(basis) -> jnp.ndarray:
+    """Nonzero eigenvalues of the kernel, (m,)."""
+    return basis.sizes if isinstance(basis, GroupBasis) else basis.values
+
+
+def rotate(basis, A: jnp.ndarray) -> jnp.ndarray:
+    """``U' A`` for A: (n, d) -> (m, d). For a grouping factor: group sums / sqrt(group size), O(n d)."""
+    if isinstance(basis, GroupBasis):
+        sums = jax.ops.segment_sum(A, basis.codes, num_segments=basis.sizes.shape[0])
+        return sums / jnp.sqrt(basis.sizes)[:, None]
+    return basis.vectors.T @ A
+
+
+def spectral_data(basis, y: jnp.ndarray, X: jnp.ndarray) -> SpectralData:
+    """Rotate ``[X y]`` once into the basis (see :class:`jaxlmm.likelihood.SpectralData`)."""
+    data = jnp.concatenate([X, y[:, None]], axis=1)
+    rotated = rotate(basis, data)
+    null_gram = data.T @ data - rotated.T @ rotated
+    return SpectralData(eigenvalues(basis), rotated, null_gram, jnp.asarray(y.shape[0], data.dtype))
+
+
+def spectral_h_inverse(basis, ratio, A: jnp.ndarray) -> jnp.ndarray:
+    """``H^-1 A`` for ``H = I + ratio K``: ``A + U diag(1/(1 + ratio s) - 1) U' A``. A: (n, d)."""
+    scale = 1.0 / (1.0 + ratio * eigenvalues(basis)) - 1.0
+    rotated = rotate(basis, A) * scale[:, None]
+    if isinstance(basis, GroupBasis):
+        return A + (rotated / jnp.sqrt(basis.sizes)[:, None])[basis.codes]
+    return A + basis.vectors @ rotated
+
+
+def dense_h_inverse(ratios, kernels: jnp.ndarray, A: jnp.ndarray) -> jnp.ndarray:
+    """``H^-1 A`` for ``H = I + sum_k ratios[k] kernels[k]`` by Cholesky. kernels: (k, n, n), A: (n, d)."""
+    n = kernels.shape[1]
+    h = jnp.eye(n, dtype=A.dtype) + jnp.tensordot(ratios, kernels, axes=1)
+    return jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(h), True), A)

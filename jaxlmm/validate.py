@@ -1,0 +1,142 @@
+"""Checks at the front door: bad input raises :class:`InputError` naming the row, column or matrix at fault.
+
+The numeric core never sees unchecked input, so it never has to raise from inside JAX.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class InputError(ValueError):
+    """Input that cannot describe a linear mixed model, with the place at fault in the message."""
+
+
+def _rows(mask: np.ndarray, limit: int = 5) -> str:
+    rows = np.flatnonzero(mask) + 1
+    shown = ", ".join(str(r) for r in rows[:limit])
+    return shown + (f" and {rows.size - limit} more" if rows.size > limit else "")
+
+
+def response(y, name: str = "y") -> np.ndarray:
+    """y as a finite float vector (n,); 1-based row numbers of non-finite entries in the error."""
+    try:
+        y = np.asarray(y, dtype=float)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{name} must be numeric: {err}") from None
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise InputError(f"{name} must be a vector, got shape {y.shape}")
+    bad = ~np.isfinite(y)
+    if bad.any():
+        raise InputError(f"{name} has {bad.sum()} missing or infinite value(s) at row(s) {_rows(bad)}")
+    if y.size and np.ptp(y) == 0:
+        raise InputError(f"{name} is constant ({y[0]!r} in all {y.size} rows): there is no variance to model")
+    return y
+
+
+def design(X, n: int, names, what: str = "X") -> np.ndarray:
+    """X as a finite float matrix (n, p) with named, linearly independent columns."""
+    try:
+        X = np.asarray(X, dtype=float)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{what} must be numeric: {err}") from None
+    if X.ndim == 1:
+        X = X[:, None]
+    if X.ndim != 2:
+        raise InputError(f"{what} must be a matrix, got shape {X.shape}")
+    if X.shape[0] != n:
+        raise InputError(f"{what} has {X.shape[0]} rows but y has {n}")
+    if len(names) != X.shape[1]:
+        raise InputError(f"{len(names)} names given for {X.shape[1]} columns of {what}")
+    bad = ~np.isfinite(X)
+    if bad.any():
+        col = int(np.flatnonzero(bad.any(axis=0))[0])
+        raise InputError(
+            f"{what} column {names[col]!r} has missing or infinite value(s) at row(s) {_rows(bad[:, col])}"
+        )
+    dependent = dependent_columns(X)
+    if dependent:
+        listed = ", ".join(repr(names[j]) for j in dependent)
+        raise InputError(
+            f"{what} is rank deficient: column(s) {listed} are linear combinations of the columns before them"
+        )
+    return X
+
+
+def dependent_columns(X: np.ndarray, rtol: float = 1e-10) -> list[int]:
+    """Indices of columns lying (numerically) in the span of the columns before them, by Gram-Schmidt."""
+    basis: list[np.ndarray] = []
+    dependent = []
+    scale = max(np.linalg.norm(X, axis=0).max(initial=0.0), 1.0)
+    for j in range(X.shape[1]):
+        v = X[:, j].copy()
+        for b in basis:
+            v -= (b @ v) * b
+        for b in basis:  # second pass for orthogonality in floating point
+            v -= (b @ v) * b
+        norm = np.linalg.norm(v)
+        if norm <= rtol * max(np.linalg.norm(X[:, j]), scale * 1e-3):
+            dependent.append(j)
+        else:
+            basis.append(v / norm)
+    return dependent
+
+
+def enough_observations(n: int, p: int, n_variance: int, method: str) -> None:
+    """REML needs n - p >= 1 residual contrasts; ML needs n > p."""
+    if n <= p:
+        raise InputError(f"{n} observations cannot estimate {p} fixed effects and {n_variance} variance parameters")
+
+
+def groups(labels, n: int, name: str) -> np.ndarray:
+    """Grouping labels as a vector of n hashable values with no missing entries."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise InputError(f"grouping factor {name!r} has shape {labels.shape}, expected ({n},)")
+    if labels.dtype.kind == "f":
+        bad = ~np.isfinite(labels)
+    else:
+        bad = np.array([v is None or (isinstance(v, float) and np.isnan(v)) or v == "" for v in labels.tolist()])
+    if bad.any():
+        raise InputError(f"grouping factor {name!r} is missing at row(s) {_rows(bad)}")
+    return labels
+
+
+def kinship(K, n: int, name: str = "kinship", atol: float = 1e-8) -> np.ndarray:
+    """A relationship matrix: finite, square (n, n), symmetric and positive semi-definite up to rounding."""
+    try:
+        K = np.asarray(K, dtype=float)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{name} must be numeric: {err}") from None
+    if K.ndim != 2 or K.shape[0] != K.shape[1]:
+        raise InputError(f"{name} must be a square matrix, got shape {K.shape}")
+    if K.shape[0] != n:
+        raise InputError(f"{name} is {K.shape[0]} x {K.shape[1]} but there are {n} observations")
+    if not np.isfinite(K).all():
+        i, j = np.argwhere(~np.isfinite(K))[0]
+        raise InputError(f"{name} has a missing or infinite entry at row {i + 1}, column {j + 1}")
+    scale = max(np.abs(K).max(), 1.0)
+    asym = np.abs(K - K.T)
+    if asym.max() > atol * scale:
+        i, j = np.unravel_index(np.argmax(asym), asym.shape)
+        raise InputError(
+            f"{name} is not symmetric: entry ({i + 1}, {j + 1}) is {K[i, j]!r} but ({j + 1}, {i + 1}) is {K[j, i]!r}"
+        )
+    K = 0.5 * (K + K.T)
+    smallest = np.linalg.eigvalsh(K)[0]
+    if smallest < -1e-6 * scale:
+        raise InputError(f"{name} is not positive semi-definite: its smallest eigenvalue is {smallest:.3g}")
+    return K
+
+
+def relationship(Z, G, n: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The general term's Z (n, q) and G (q, q), G symmetric positive semi-definite."""
+    Z = np.asarray(Z, dtype=float)
+    if Z.ndim != 2 or Z.shape[0] != n:
+        raise InputError(f"Z of term {name!r} has shape {Z.shape}, expected ({n}, q)")
+    if not np.isfinite(Z).all():
+        raise InputError(f"Z of term {name!r} has missing or infinite entries")
+    G = kinship(G, Z.shape[1], name=f"G of term {name!r}")
+    return Z, G
