@@ -1,0 +1,1 @@
+"""Readers and writers for genotype, phenotype and kinship files."""

@@ -1,0 +1,108 @@
+"""PLINK 1 binary genotypes (``.bed/.bim/.fam``), SNP-major, read in variant chunks.
+
+A genotype counts copies of allele A1 (``.bim`` column 5), as GEMMA does: code 00 (homozygous A1) -> 2,
+10 (heterozygous) -> 1, 11 (homozygous A2) -> 0, 01 (missing) -> NaN. Within a byte, samples are packed from the
+lowest two bits up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from ..validate import InputError
+
+BED_MAGIC = bytes([0x6C, 0x1B])
+SNP_MAJOR = 0x01
+_CODE_VALUES = np.array([2.0, np.nan, 1.0, 0.0])
+# (256, 4): the four genotypes packed in each byte value
+_BYTE_TABLE = _CODE_VALUES[(np.arange(256)[:, None] >> (2 * np.arange(4))[None, :]) & 0b11]
+
+
+class Bim(NamedTuple):
+    """Variant annotation: chromosome, id, genetic position, base-pair position, allele1 (counted), allele0."""
+
+    chrom: np.ndarray
+    rsid: np.ndarray
+    cm: np.ndarray
+    pos: np.ndarray
+    allele1: np.ndarray
+    allele0: np.ndarray
+
+
+class Fam(NamedTuple):
+    """Samples: family id, individual id, and the phenotype column (column 6; -9 or NA = missing -> NaN)."""
+
+    fid: np.ndarray
+    iid: np.ndarray
+    phenotype: np.ndarray
+
+
+def read_bim(path) -> Bim:
+    rows = [line.split() for line in Path(path).read_text().splitlines() if line.strip()]
+    for i, row in enumerate(rows):
+        if len(row) != 6:
+            raise InputError(f"{path}: line {i + 1} has {len(row)} fields, expected 6")
+    cols = list(zip(*rows)) if rows else [()] * 6
+    return Bim(np.array(cols[0]), np.array(cols[1]), np.array(cols[2], dtype=float),
+               np.array(cols[3], dtype=np.int64), np.array(cols[4]), np.array(cols[5]))
+
+
+def read_fam(path, column: int = 6) -> Fam:
+    """Read a ``.fam``; ``column`` is the 1-based column holding the phenotype (6 by default)."""
+    fid, iid, pheno = [], [], []
+    for i, line in enumerate(Path(path).read_text().splitlines()):
+        if not line.strip():
+            continue
+        row = line.split()
+        if len(row) < max(6, column):
+            raise InputError(f"{path}: line {i + 1} has {len(row)} fields, expected at least {max(6, column)}")
+        fid.append(row[0])
+        iid.append(row[1])
+        value = row[column - 1]
+        try:
+            number = float(value)
+        except ValueError:
+            if value.upper() != "NA":
+                raise InputError(f"{path}: line {i + 1}, column {column}: {value!r} is not a number") from None
+            number = np.nan
+        pheno.append(np.nan if number == -9 else number)
+    return Fam(np.array(fid), np.array(iid), np.array(pheno))
+
+
+class BedReader:
+    """Memory-mapped ``.bed`` with its ``.bim``/``.fam``; ``reader[:, a:b]`` decodes variants a..b-1 as (n, b-a).
+
+    ``shape`` is (samples, variants); genotype values count A1 (see module docstring), NaN when missing.
+    """
+
+    def __init__(self, prefix):
+        prefix = str(prefix)
+        self.bed_path = prefix + ".bed"
+        self.bim = read_bim(prefix + ".bim")
+        self.fam = read_fam(prefix + ".fam")
+        n, m = self.fam.iid.shape[0], self.bim.rsid.shape[0]
+        self.bytes_per_variant = (n + 3) // 4
+        try:
+            raw = np.memmap(self.bed_path, dtype=np.uint8, mode="r")
+        except (OSError, ValueError) as err:
+            raise InputError(f"cannot read {self.bed_path}: {err}") from None
+        if raw.shape[0] < 3 or bytes(raw[:2]) != BED_MAGIC:
+            raise InputError(f"{self.bed_path}: not a PLINK 1 .bed file (wrong magic number)")
+        if raw[2] != SNP_MAJOR:
+            raise InputError(f"{self.bed_path}: individual-major layout is not supported; convert with plink --make-bed")
+        expected = 3 + m * self.bytes_per_variant
+        if raw.shape[0] != expected:
+            raise InputError(
+                f"{self.bed_path}: {raw.shape[0]} bytes, but {n} samples (.fam) x {m} variants (.bim) need {expected}"
+            )
+        self._variants = raw[3:].reshape(m, self.bytes_per_variant)
+        self.shape = (n, m)
+
+    def __getitem__(self, index):
+        rows, cols = index
+        packed = np.asarray(self._variants[cols])  # (b, bytes)
+        decoded = _BYTE_TABLE[packed].reshape(packed.shape[0], -1)[:, : self.shape[0]]
+        return decoded.T[rows]

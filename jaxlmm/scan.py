@@ -1,0 +1,412 @@
+"""The variant scan: ``y ~ covariates + variant_j + random effect`` for every variant j, batched.
+
+The random effect's kernel is decomposed once (:func:`jaxlmm.structure.spectral_basis`: ``eigh`` of a kinship, or
+the closed form of a grouping factor). Covariates and phenotypes are rotated once; each chunk of genotypes is rotated
+with one matrix product (segment sums for groups). Every variant's model then lives in the eigenbasis, where
+``H = I + lambda K`` is diagonal, and is fitted with the same likelihood code as :func:`jaxlmm.fit`
+(:func:`jaxlmm.likelihood.spectral_stats`), vmapped over the variants of a chunk (and over phenotypes) under one
+``jit``. The optimizer works on whole chunks: every variant's criterion is a separate function of its own
+``log lambda``, so one nested forward-mode pass gives all gradients and curvatures, and optax applies elementwise
+Newton steps (:func:`jaxlmm.optimize.minimize_elementwise`).
+
+Tests follow GEMMA's ``-lmm 4`` definitions so results compare one to one:
+
+* Wald: REML fit with the variant; ``beta / se`` with ``se^2 = s2_e [(X'H^-1X)^-1]_xx``, ``s2_e = q/(n - c - 1)``,
+  F(1, n - c - 1) reference (c = number of covariates including the intercept).
+* LRT: ML fits with and without the variant, ``2 (logL1 - logL0)`` against chi-square(1).
+* Score: at the null model's ML lambda, ``n (x'Py)^2 / (y'Py x'Px)`` against F(1, n - c - 1), where P projects
+  out the covariates with H^-1 weights.
+
+Kinship centring: GEMMA double-centres the kinship of the analyzed samples (``K <- P K P``, ``P = I - 11'/n``) before
+decomposing it; ``center_kinship=True`` (the default) does the same. REML fits (and so Wald tests) are unchanged by
+it when the model has an intercept; ML fits, LRT, score tests and the pve scale ``tr(K)/n`` follow the centred matrix.
+
+lambda = s2_g / s2_e is searched on GEMMA's interval [1e-5, 1e5]: a 16-point log grid (plus the null model's
+lambda) picks the starting point, so a multimodal criterion does not trap the search; Newton steps refine it; an
+optimum beyond the interval is reported at its end, as GEMMA does.
+
+Modes: ``"exact"`` re-estimates lambda per variant; ``"null"`` keeps the null model's REML lambda for every variant
+(EMMAX/GCTA-style, fast, approximate; p_lrt is not computed).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Iterable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import structure, validate
+from .likelihood import SpectralData, gls, profiled_criterion_from_stats, spectral_stats, LOG_2PI
+from .optimize import minimize_elementwise
+from .pvalues import chi2_1_sf, f1_sf
+
+LOG_LAMBDA_BOUNDS = (float(np.log(1e-5)), float(np.log(1e5)))
+GRID_POINTS = 16
+STATUS_CODES = ("ok", "monomorphic", "all_missing", "too_many_missing", "low_maf", "collinear", "not_converged")
+COLUMNS = (
+    "variant", "phenotype", "n_miss", "af", "beta", "se", "wald", "p_wald", "p_lrt", "p_score", "lambda_remle",
+    "lambda_mle", "s2_g", "s2_e", "logl_remle", "logl_mle", "logl_H1", "pve", "converged", "iterations", "status",
+)
+
+
+class NullModel(NamedTuple):
+    """Per-phenotype null fits (no variant). All fields (P,).
+
+    lambda_remle, lambda_mle: s2_g / s2_e at the REML / ML optimum
+    logl_remle, logl_mle:     log (restricted) likelihoods, nats
+    s2_g, s2_e:               REML variance components
+    pve, pve_se:              GEMMA's pve = lambda tr(K)/n / (lambda tr(K)/n + 1) and its delta-method se
+    """
+
+    lambda_remle: np.ndarray
+    lambda_mle: np.ndarray
+    logl_remle: np.ndarray
+    logl_mle: np.ndarray
+    s2_g: np.ndarray
+    s2_e: np.ndarray
+    pve: np.ndarray
+    pve_se: np.ndarray
+
+
+class ScanResult(NamedTuple):
+    """One row per (phenotype, variant), phenotype-major, variants in input order.
+
+    columns: name -> (rows,) array, names in COLUMNS (status as strings)
+    null:    the null models
+    n:       samples analyzed; covariates: c including the intercept
+    """
+
+    columns: dict
+    null: NullModel
+    n: int
+    covariates: int
+
+    def to_pandas(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.columns)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# one variant, one phenotype (vmapped below)
+
+
+def _criterion(ratio, data, method):
+    return profiled_criterion_from_stats(spectral_stats(ratio[0], data), data.n, method)
+
+
+def _reml(ratio, data):
+    return _criterion(ratio, data, "REML")
+
+
+def _ml(ratio, data):
+    return _criterion(ratio, data, "ML")
+
+
+_BATCHED = SpectralData(None, 0, 0, None)  # a chunk's SpectralData: rotated data and grams per variant
+
+
+def _batched_criterion(log_lambda, data, method):
+    """Criterion of every variant of a chunk: log_lambda (B,), data a SpectralData batched over its first axis."""
+    return jax.vmap(lambda t, d: _criterion(jnp.exp(t)[None], d, method), in_axes=(0, _BATCHED))(log_lambda, data)
+
+
+def _optimize_log_lambda(data, start, method, max_iter):
+    """Per-variant optimum of log lambda on GEMMA's interval: best of a 16-point log grid and the start, then
+    elementwise Newton (optax) from there. start: (B,). Returns an ElementwiseResult."""
+    grid = jnp.linspace(*LOG_LAMBDA_BOUNDS, GRID_POINTS)
+    candidates = jnp.concatenate([jnp.broadcast_to(grid[:, None], (GRID_POINTS, start.shape[0])), start[None]])
+    values = jax.vmap(lambda t: _batched_criterion(t, data, method))(candidates)
+    best = jnp.take_along_axis(candidates, jnp.argmin(values, axis=0)[None], axis=0)[0]
+    return minimize_elementwise(lambda t: _batched_criterion(t, data, method), best, *LOG_LAMBDA_BOUNDS,
+                                max_iter=max_iter)
+
+
+def _schur_xy(stats, c):
+    """x'Py, x'Px, y'Py with P projecting out the first c columns (covariates) under H^-1 weights."""
+    full = jnp.concatenate(
+        [jnp.concatenate([stats.xhx, stats.xhy[:, None]], axis=1),
+         jnp.concatenate([stats.xhy, stats.yhy[None]])[None, :]], axis=0)
+    cc, cr, rr = full[:c, :c], full[:c, c:], full[c:, c:]
+    schur = rr - cr.T @ jnp.linalg.solve(cc, cr)
+    return schur[0, 1], schur[0, 0], schur[1, 1]
+
+
+def _variant_tests(data: SpectralData, t_remle, t_mle, null_log_lambda_mle, null_logl_mle, trace_ratio,
+                   fixed_variance_scale, *, c):
+    """Statistics of one variant given its REML and ML log lambdas. data.rotated columns: [covariates, variant, y]."""
+    n = data.n
+    df = n - c - 1
+    lam = jnp.exp(t_remle)
+    stats = spectral_stats(lam, data)
+    sol = gls(stats)
+    s2_e = sol.q / df
+    cov_xx = jax.scipy.linalg.cho_solve((sol.xhx_chol, True), jnp.eye(c + 1, dtype=stats.xhx.dtype))[c, c]
+    beta = sol.beta[c]
+    se = jnp.sqrt(s2_e * cov_xx)
+    wald = (beta / se) ** 2
+    logl_remle = -0.5 * profiled_criterion_from_stats(stats, n, "REML")
+    logl_mle = -0.5 * _ml(jnp.exp(t_mle)[None], data)
+    lrt = 2.0 * (logl_mle - null_logl_mle)
+    xpy, xpx, ypy = _schur_xy(spectral_stats(jnp.exp(null_log_lambda_mle), data), c)
+    score = n * xpy**2 / (ypy * xpx)
+    s2_g = lam * s2_e
+    fixed = beta**2 * fixed_variance_scale
+    return dict(
+        beta=beta, se=se, wald=wald, p_wald=f1_sf(wald, df), p_lrt=chi2_1_sf(lrt), p_score=f1_sf(score, df),
+        lambda_remle=lam, lambda_mle=jnp.exp(t_mle), s2_g=s2_g, s2_e=s2_e,
+        logl_remle=logl_remle, logl_mle=logl_mle, logl_H1=logl_mle,
+        pve=fixed / (fixed + s2_g * trace_ratio + s2_e), collinear_ratio=xpx,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# a chunk: rotation + batched fits
+
+
+class _Shared(NamedTuple):
+    """Everything about covariates and phenotypes that does not depend on the variant."""
+
+    eigenvalues: jnp.ndarray  # (m,)
+    cov_rot: jnp.ndarray  # (m, c)      U'C
+    y_rot: jnp.ndarray  # (m, P)        U'Y
+    cov: jnp.ndarray  # (n, c)
+    Y: jnp.ndarray  # (n, P)
+    cy_null_gram: jnp.ndarray  # (P, c+1, c+1)  [C y]'(I - UU')[C y] per phenotype
+    null_log_lambda_remle: jnp.ndarray  # (P,)
+    null_log_lambda_mle: jnp.ndarray  # (P,)
+    null_logl_mle: jnp.ndarray  # (P,)
+    trace_ratio: jnp.ndarray  # ()  tr(K)/n
+
+
+def _variant_data(shared, x_r, xx, xc, xy, y_r, cy_gram, c):
+    """SpectralData of one variant's model [covariates, variant, y] from the rotated variant and its null grams."""
+    rotated = jnp.concatenate([shared.cov_rot, x_r[:, None], y_r[:, None]], axis=1)
+    top = jnp.concatenate([cy_gram[:c, :c], xc[:, None], cy_gram[:c, c:]], axis=1)
+    middle = jnp.concatenate([xc, xx[None], xy[None]])[None, :]
+    bottom = jnp.concatenate([cy_gram[c:, :c], xy[None, None], cy_gram[c:, c:]], axis=1)
+    gram = jnp.concatenate([top, middle, bottom], axis=0)
+    return SpectralData(shared.eigenvalues, rotated, gram, jnp.asarray(x_r.dtype.type(shared.Y.shape[0])))
+
+
+@partial(jax.jit, static_argnames=("c", "exact", "max_iter"))
+def _fit_chunk(basis, shared: _Shared, genotypes, *, c, exact, max_iter):
+    """genotypes: (n, B) imputed. Returns a dict of (P, B) arrays for every phenotype and variant of the chunk."""
+    x_rot = structure.rotate(basis, genotypes)  # (m, B)
+    xx = jnp.sum(genotypes * genotypes, axis=0) - jnp.sum(x_rot * x_rot, axis=0)  # (B,)
+    xc = genotypes.T @ shared.cov - x_rot.T @ shared.cov_rot  # (B, c)
+    xy = genotypes.T @ shared.Y - x_rot.T @ shared.y_rot  # (B, P)
+    fixed_scale = jnp.var(genotypes, axis=0, ddof=1)  # var(x b) = b^2 var(x)
+
+    def one_phenotype(xy_p, y_r, cy_gram, t_remle0, t_mle0, logl0):
+        data = jax.vmap(_variant_data, in_axes=(None, 1, 0, 0, 0, None, None, None), out_axes=_BATCHED)(
+            shared, x_rot, xx, xc, xy_p, y_r, cy_gram, c)
+        b = x_rot.shape[1]
+        if exact:
+            remle = _optimize_log_lambda(data, jnp.full(b, t_remle0), "REML", max_iter)
+            mle = _optimize_log_lambda(data, jnp.full(b, t_mle0), "ML", max_iter)
+            t_remle, t_mle = remle.params, mle.params
+            converged = remle.converged & mle.converged
+            iterations = remle.iterations + mle.iterations
+        else:
+            t_remle, t_mle = jnp.full(b, t_remle0), jnp.full(b, t_mle0)
+            converged, iterations = jnp.ones(b, bool), jnp.zeros(b, jnp.int32)
+        tests = jax.vmap(partial(_variant_tests, c=c), in_axes=(_BATCHED, 0, 0, None, None, None, 0))(
+            data, t_remle, t_mle, t_mle0, logl0, shared.trace_ratio, fixed_scale)
+        if not exact:
+            tests["p_lrt"] = jnp.full(b, jnp.nan)
+        return {**tests, "converged": converged, "iterations": iterations}
+
+    return jax.vmap(one_phenotype, in_axes=(1, 1, 0, 0, 0, 0))(
+        xy, shared.y_rot, shared.cy_null_gram, shared.null_log_lambda_remle, shared.null_log_lambda_mle,
+        shared.null_logl_mle)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# front door
+
+
+def _null_models(basis, cov, Y, trace_ratio, max_iter):
+    """REML and ML null fits per phenotype, sharing the spectral machinery of the scan."""
+    out = {k: [] for k in NullModel._fields}
+    for p in range(Y.shape[1]):
+        data = structure.spectral_data(basis, jnp.asarray(Y[:, p]), jnp.asarray(cov))
+        batch = jax.tree.map(lambda a: a[None], data)._replace(eigenvalues=data.eigenvalues, n=data.n)
+        t_remle = _optimize_log_lambda(batch, jnp.zeros(1), "REML", max_iter).params[0]
+        t_mle = _optimize_log_lambda(batch, jnp.zeros(1), "ML", max_iter).params[0]
+        lam = jnp.exp(t_remle)
+        stats = spectral_stats(lam, data)
+        s2_e = float(gls(stats).q / (Y.shape[0] - cov.shape[1]))
+        out["lambda_remle"].append(float(lam))
+        out["lambda_mle"].append(float(jnp.exp(t_mle)))
+        out["logl_remle"].append(float(-0.5 * _reml(lam[None], data)))
+        out["logl_mle"].append(float(-0.5 * _ml(jnp.exp(t_mle)[None], data)))
+        out["s2_g"].append(float(lam) * s2_e)
+        out["s2_e"].append(s2_e)
+        # pve and its delta-method se from the REML curvature in lambda (GEMMA's definition)
+        h = float(jax.hessian(lambda l: -0.5 * _reml(l[None], data))(lam))
+        var_lambda = -1.0 / h if h < 0 else np.nan
+        scaled = float(lam) * trace_ratio
+        out["pve"].append(scaled / (scaled + 1.0))
+        out["pve_se"].append(trace_ratio / (scaled + 1.0) ** 2 * np.sqrt(var_lambda))
+    return NullModel(**{k: np.asarray(v) for k, v in out.items()})
+
+
+def center(K: np.ndarray) -> np.ndarray:
+    """Double-centre a kinship: ``P K P`` with ``P = I - 11'/n`` (GEMMA's CenterMatrix)."""
+    K = K - K.mean(axis=0, keepdims=True)
+    return K - K.mean(axis=1, keepdims=True)
+
+
+def _column_chunks(genotypes, chunk_size) -> Iterable[np.ndarray]:
+    if hasattr(genotypes, "shape") and hasattr(genotypes, "__getitem__"):
+        for start in range(0, genotypes.shape[1], chunk_size):
+            yield np.asarray(genotypes[:, start:start + chunk_size])
+    else:
+        yield from (np.asarray(chunk) for chunk in genotypes)
+
+
+def _impute(chunk: np.ndarray, max_missing: float, min_maf: float):
+    """Mean-impute NaN per variant; return imputed (n, b) float64, n_miss, af (freq. of the counted allele), status."""
+    chunk = np.asarray(chunk, dtype=float)
+    missing = np.isnan(chunk)
+    n_miss = missing.sum(axis=0)
+    n_obs = chunk.shape[0] - n_miss
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(n_obs > 0, np.nansum(chunk, axis=0) / np.maximum(n_obs, 1), np.nan)
+    imputed = np.where(missing, np.where(np.isnan(means), 0.0, means)[None, :], chunk)
+    af = means / 2.0
+    spread = np.nanmax(np.where(missing, -np.inf, chunk), axis=0, initial=-np.inf) - np.nanmin(
+        np.where(missing, np.inf, chunk), axis=0, initial=np.inf)
+    status = np.full(chunk.shape[1], "ok", dtype=object)
+    maf = np.minimum(af, 1.0 - af)
+    status[maf < min_maf] = "low_maf"
+    status[n_miss / chunk.shape[0] > max_missing] = "too_many_missing"
+    status[~(spread > 0)] = "monomorphic"
+    status[n_obs == 0] = "all_missing"
+    return imputed, n_miss, af, status
+
+
+def scan(
+    y,
+    genotypes,
+    covariates=None,
+    *,
+    kinship=None,
+    groups=None,
+    intercept: bool = True,
+    mode: str = "exact",
+    chunk_size: int = 2048,
+    min_maf: float = 0.01,
+    max_missing: float = 0.05,
+    max_iter: int = 30,
+    variant_names=None,
+    center_kinship: bool = True,
+) -> ScanResult:
+    """Fit ``y ~ covariates + variant_j + random effect`` for every variant j and test it (GEMMA ``-lmm 4`` tests).
+
+    y:           (n,) or (n, P) phenotypes (finite; several phenotypes share one decomposition)
+    genotypes:   (n, M) array-like (numpy, memmap, any object with ``.shape`` and column slicing; NaN = missing,
+                 mean-imputed per variant) or an iterable of (n, b) chunks
+    covariates:  (n, c0) or None; an intercept is prepended unless ``intercept=False``
+    kinship:     (n, n) relationship matrix, or groups: (n,) labels of a grouping factor ``(1|g)``
+    mode:        "exact" (per-variant REML/ML) or "null" (lambda fixed at the null REML estimate)
+    min_maf, max_missing: variants failing these get status "low_maf" / "too_many_missing" and NaN statistics
+    center_kinship: double-centre the kinship first, as GEMMA does (see module docstring)
+    Returns a :class:`ScanResult` with one row per (phenotype, variant).
+    """
+    if mode not in ("exact", "null"):
+        raise validate.InputError(f"mode must be 'exact' or 'null', got {mode!r}")
+    Y = np.asarray(y, dtype=float)
+    Y = Y[:, None] if Y.ndim == 1 else Y
+    for p in range(Y.shape[1]):
+        validate.response(Y[:, p], name="y" if Y.shape[1] == 1 else f"phenotype {p + 1}")
+    n = Y.shape[0]
+    cov = np.zeros((n, 0)) if covariates is None else np.asarray(covariates, dtype=float)
+    cov = cov[:, None] if cov.ndim == 1 else cov
+    names = [f"covariate{j + 1}" for j in range(cov.shape[1])]
+    if intercept:
+        cov, names = np.c_[np.ones(n), cov], ["(Intercept)", *names]
+    cov = validate.design(cov, n, names, what="covariates")
+    if (kinship is None) == (groups is None):
+        raise validate.InputError("give exactly one random effect: kinship= or groups=")
+    if kinship is not None:
+        K = validate.kinship(kinship, n)
+        term = structure.kinship_term(center(K) if center_kinship else K)
+    else:
+        term = structure.group_term(validate.groups(groups, n, "groups"))
+    with jax.enable_x64(True):
+        return _scan_validated(Y, cov, term, genotypes, mode, chunk_size, min_maf, max_missing, max_iter,
+                               variant_names)
+
+
+def _scan_validated(Y, cov, term, genotypes, mode, chunk_size, min_maf, max_missing, max_iter, variant_names):
+    n, c = cov.shape
+    basis = structure.spectral_basis(term)
+    trace_ratio = structure.mean_kernel_diagonal(term)
+    null = _null_models(basis, cov, Y, trace_ratio, max_iter)
+    cy = np.concatenate([np.broadcast_to(cov, (Y.shape[1], n, c)), Y.T[:, :, None]], axis=2)  # (P, n, c+1)
+    cy_rot = np.stack([np.asarray(structure.rotate(basis, jnp.asarray(a))) for a in cy])
+    cy_gram = np.einsum("pni,pnj->pij", cy, cy) - np.einsum("pmi,pmj->pij", cy_rot, cy_rot)
+    shared = _Shared(
+        eigenvalues=structure.eigenvalues(basis), cov_rot=jnp.asarray(cy_rot[0, :, :c]),
+        y_rot=jnp.asarray(cy_rot[:, :, c].T), cov=jnp.asarray(cov), Y=jnp.asarray(Y), cy_null_gram=jnp.asarray(cy_gram),
+        null_log_lambda_remle=jnp.log(jnp.asarray(null.lambda_remle)),
+        null_log_lambda_mle=jnp.log(jnp.asarray(null.lambda_mle)),
+        null_logl_mle=jnp.asarray(null.logl_mle), trace_ratio=jnp.asarray(trace_ratio),
+    )
+    pieces = []
+    offset = 0
+    for chunk in _column_chunks(genotypes, chunk_size):
+        if chunk.ndim != 2 or chunk.shape[0] != n:
+            raise validate.InputError(f"genotype chunk at variant {offset + 1} has shape {chunk.shape}, expected ({n}, b)")
+        b = chunk.shape[1]
+        imputed, n_miss, af, status = _impute(chunk, max_missing, min_maf)
+        padded = np.zeros((n, chunk_size))
+        padded[:, :b] = imputed
+        padded[:, b:] = np.arange(n)[:, None] % 2  # well-posed filler columns, discarded
+        out = _fit_chunk(basis, shared, jnp.asarray(padded), c=c, exact=mode == "exact", max_iter=max_iter)
+        out = {k: np.asarray(v)[:, :b] for k, v in out.items()}
+        pieces.append((offset, b, n_miss, af, status, out))
+        offset += b
+    return ScanResult(_assemble(pieces, Y.shape[1], offset, variant_names), null, n, c)
+
+
+def _assemble(pieces, P, M, variant_names) -> dict:
+    names = np.asarray(variant_names) if variant_names is not None else np.array([f"v{j + 1}" for j in range(M)])
+    if names.shape[0] != M:
+        raise validate.InputError(f"{names.shape[0]} variant names for {M} variants")
+    stat_keys = [k for k in COLUMNS if k not in ("variant", "phenotype", "n_miss", "af", "status")]
+    per_pheno = {k: np.empty((P, M)) for k in stat_keys}
+    status = np.empty((P, M), dtype=object)
+    n_miss = np.empty(M, dtype=int)
+    af = np.empty(M)
+    for offset, b, miss, freq, stat, out in pieces:
+        sl = slice(offset, offset + b)
+        n_miss[sl], af[sl] = miss, freq
+        for k in stat_keys:
+            per_pheno[k][:, sl] = out[k]
+        collinear = out["collinear_ratio"] <= 1e-8 * np.maximum(1.0, out["collinear_ratio"].max(initial=1.0))
+        st = np.broadcast_to(stat, (P, b)).copy()
+        st[(st == "ok") & collinear] = "collinear"
+        st[(st == "ok") & ~out["converged"].astype(bool)] = "not_converged"
+        status[:, sl] = st
+    filtered = status != "ok"
+    float_keys = [k for k in stat_keys if k not in ("converged", "iterations")]
+    for k in float_keys:
+        per_pheno[k][filtered & (status != "not_converged")] = np.nan
+    columns = {
+        "variant": np.tile(names, P),
+        "phenotype": np.repeat(np.arange(1, P + 1), M),
+        "n_miss": np.tile(n_miss, P),
+        "af": np.tile(af, P),
+    }
+    for k in stat_keys:
+        columns[k] = per_pheno[k].reshape(-1)
+    columns["converged"] = columns["converged"].astype(bool)
+    columns["iterations"] = columns["iterations"].astype(int)
+    columns["status"] = status.reshape(-1).astype(str)
+    return {k: columns[k] for k in COLUMNS}
