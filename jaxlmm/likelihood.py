@@ -116,7 +116,11 @@ def spectral_stats(ratio: jnp.ndarray, data: SpectralData) -> WeightedStats:
     """
     lam_s = ratio * data.eigenvalues
     weights = 1.0 / (1.0 + lam_s)
-    gram = (data.rotated * weights[:, None]).T @ data.rotated + data.null_gram
+    # an elementwise product reduced over the m rows (one fused pass), not a matrix product: under vmap over a chunk
+    # of variants this stays a single reduction and keeps XLA:CPU's Eigen thread pool (prone to wedging on large
+    # batched dots inside while loops) out of the hot loop
+    weighted = data.rotated.T * weights  # (d, m)
+    gram = jnp.sum(weighted[:, None, :] * data.rotated.T[None, :, :], axis=-1) + data.null_gram
     return WeightedStats(
         logdet_h=jnp.sum(jnp.log1p(lam_s)),
         xhx=gram[:-1, :-1],

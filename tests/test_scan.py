@@ -1,0 +1,203 @@
+"""The variant scan: against lme4, against jaxlmm.fit, and its own invariances (chunks, devices, phenotypes)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import jaxlmm
+from jaxlmm.scan import scan
+
+FIXTURES = Path(__file__).parent / "fixtures" / "lme4"
+
+
+@pytest.fixture(scope="module")
+def group_scan_data():
+    data = pd.read_csv(FIXTURES / "scan_groups.csv")
+    genotypes = data[[f"v{j}" for j in range(1, 221)]].to_numpy()
+    return data.y.to_numpy(), genotypes, data[["c1", "c2"]].to_numpy(), data.g.to_numpy()
+
+
+@pytest.fixture(scope="module")
+def group_scan(group_scan_data):
+    y, genotypes, covariates, groups = group_scan_data
+    return scan(y, genotypes, covariates, groups=groups, chunk_size=64, min_maf=0.0)
+
+
+def simulated(rng, n=120, m=50, p=1):
+    """Genotypes with a kinship from a separate set of variants, phenotypes with a polygenic part."""
+    background = rng.binomial(2, 0.3, size=(n, 400)).astype(float)
+    centred = background - background.mean(axis=0)
+    K = centred @ centred.T / 400
+    genotypes = rng.binomial(2, rng.uniform(0.05, 0.5, size=m), size=(n, m)).astype(float)
+    polygenic = centred @ rng.normal(scale=0.05, size=(400, p))
+    Y = polygenic + genotypes[:, :1] * 0.3 + rng.normal(size=(n, p))
+    return Y, genotypes, rng.normal(size=(n, 2)), K
+
+
+def test_group_scan_matches_lme4(group_scan):
+    ref = pd.read_csv(FIXTURES / "scan_groups_results.csv")
+    got = group_scan.columns
+    assert list(got["variant"]) == list(ref.variant.str.replace("v", "v"))
+    np.testing.assert_allclose(got["beta"], ref.beta, rtol=1e-6)
+    np.testing.assert_allclose(got["se"], ref.se, rtol=1e-6)
+    np.testing.assert_allclose(got["s2_g"], ref.s2_g, rtol=1e-6)
+    np.testing.assert_allclose(got["s2_e"], ref.s2_e, rtol=1e-6)
+    np.testing.assert_allclose(-2 * got["logl_remle"], ref.reml_criterion, atol=1e-6)
+    np.testing.assert_allclose(-2 * got["logl_mle"], ref.deviance_ml, atol=1e-6)
+    assert (got["status"] == "ok").all() and got["converged"].all()
+
+
+def test_group_scan_rows_equal_single_fits(group_scan, group_scan_data):
+    y, genotypes, covariates, groups = group_scan_data
+    got = group_scan.columns
+    for j in range(genotypes.shape[1]):
+        fit = jaxlmm.fit(y, np.c_[covariates, genotypes[:, j]], groups=groups)
+        np.testing.assert_allclose(got["beta"][j], fit.fixef[-1], rtol=1e-6)
+        np.testing.assert_allclose(got["se"][j], fit.se[-1], rtol=1e-6)
+        np.testing.assert_allclose(got["s2_g"][j], fit.variances[0], rtol=1e-6)
+        np.testing.assert_allclose(got["s2_e"][j], fit.residual_variance, rtol=1e-6)
+
+
+def test_kinship_scan_rows_equal_single_fits(rng):
+    Y, genotypes, covariates, K = simulated(rng, m=30)
+    result = scan(Y[:, 0], genotypes, covariates, kinship=K, center_kinship=False, min_maf=0.0)
+    got = result.columns
+    for j in range(genotypes.shape[1]):
+        fit = jaxlmm.fit(Y[:, 0], np.c_[covariates, genotypes[:, j]], kinship=K)
+        if fit.singular[0]:  # the scan reports GEMMA's lower bound 1e-5 instead of an exact 0
+            assert got["lambda_remle"][j] == pytest.approx(1e-5)
+            continue
+        np.testing.assert_allclose(got["beta"][j], fit.fixef[-1], rtol=1e-6)
+        np.testing.assert_allclose(got["se"][j], fit.se[-1], rtol=1e-6)
+        np.testing.assert_allclose(got["s2_g"][j], fit.variances[0], rtol=1e-6)
+        np.testing.assert_allclose(got["s2_e"][j], fit.residual_variance, rtol=1e-6)
+
+
+def test_null_model_equals_single_fit(rng):
+    Y, genotypes, covariates, K = simulated(rng, m=5)
+    result = scan(Y[:, 0], genotypes, covariates, kinship=K, center_kinship=False, min_maf=0.0)
+    fit = jaxlmm.fit(Y[:, 0], covariates, kinship=K)
+    np.testing.assert_allclose(result.null.s2_g[0], fit.variances[0], rtol=1e-6)
+    np.testing.assert_allclose(result.null.logl_remle[0], fit.loglik, rtol=1e-10)
+
+
+def test_chunking_and_sources_do_not_change_results(rng):
+    Y, genotypes, covariates, K = simulated(rng, m=37)
+    whole = scan(Y[:, 0], genotypes, covariates, kinship=K, chunk_size=64).columns
+    small = scan(Y[:, 0], genotypes, covariates, kinship=K, chunk_size=8).columns
+    chunks = (genotypes[:, i:i + 10] for i in range(0, 37, 10))
+    streamed = scan(Y[:, 0], chunks, covariates, kinship=K, chunk_size=16).columns
+    for other in (small, streamed):
+        for key in ("beta", "se", "p_wald", "p_lrt", "p_score", "lambda_remle"):
+            np.testing.assert_allclose(other[key], whole[key], rtol=1e-9, err_msg=key)
+        assert list(other["variant"]) == list(whole["variant"])
+
+
+def test_many_phenotypes_equal_one_at_a_time(rng):
+    Y, genotypes, covariates, K = simulated(rng, m=12, p=3)
+    together = scan(Y, genotypes, covariates, kinship=K).columns
+    for p in range(3):
+        alone = scan(Y[:, p], genotypes, covariates, kinship=K).columns
+        rows = together["phenotype"] == p + 1
+        for key in ("beta", "se", "p_wald", "p_lrt", "p_score", "lambda_mle"):
+            np.testing.assert_allclose(together[key][rows], alone[key], rtol=1e-9, err_msg=key)
+
+
+def test_every_variant_gets_a_row_with_a_status(rng):
+    Y, genotypes, covariates, K = simulated(rng, m=8)
+    genotypes[:, 1] = 1.0  # monomorphic
+    genotypes[:, 2] = np.nan  # all missing
+    genotypes[:20, 3] = np.nan  # 1/6 missing
+    genotypes[:3, 4] = np.nan  # 2.5% missing: imputed
+    genotypes[:, 5] = 0.0
+    genotypes[0, 5] = 1.0  # maf 1/240
+    result = scan(Y[:, 0], genotypes, covariates, kinship=K, variant_names=[f"snp{j}" for j in range(8)])
+    got = result.columns
+    assert list(got["variant"]) == [f"snp{j}" for j in range(8)]
+    assert list(got["status"][1:6]) == ["monomorphic", "all_missing", "too_many_missing", "ok", "low_maf"]
+    assert list(got["n_miss"][1:5]) == [0, 120, 20, 3]
+    assert np.isnan(got["p_wald"][[1, 2, 3, 5]]).all()
+    ok = got["status"] == "ok"
+    assert np.isfinite(got["p_wald"][ok]).all() and np.isfinite(got["p_lrt"][ok]).all()
+    imputed = genotypes[:, 4].copy()
+    imputed[:3] = np.nanmean(imputed)
+    fit = jaxlmm.fit(Y[:, 0], np.c_[covariates, imputed], kinship=result_kinship(K))
+    np.testing.assert_allclose(got["beta"][4], fit.fixef[-1], rtol=1e-6)
+
+
+def result_kinship(K):
+    from jaxlmm.scan import center
+
+    return center(K)
+
+
+def test_null_mode_keeps_the_null_lambda(rng):
+    Y, genotypes, covariates, K = simulated(rng, m=10)
+    exact = scan(Y[:, 0], genotypes, covariates, kinship=K)
+    approx = scan(Y[:, 0], genotypes, covariates, kinship=K, mode="null")
+    assert np.allclose(approx.columns["lambda_remle"], exact.null.lambda_remle[0])
+    assert np.isnan(approx.columns["p_lrt"]).all()
+    np.testing.assert_allclose(approx.columns["p_score"], exact.columns["p_score"], rtol=1e-12)
+    # close to exact when the variant explains little
+    np.testing.assert_allclose(-np.log10(approx.columns["p_wald"]), -np.log10(exact.columns["p_wald"]), atol=0.1)
+
+
+def test_float32_rotation_close_to_float64(rng):
+    Y, genotypes, covariates, K = simulated(rng, m=20)
+    exact = scan(Y[:, 0], genotypes, covariates, kinship=K).columns
+    fast = scan(Y[:, 0], genotypes, covariates, kinship=K, rotation_dtype=np.float32).columns
+    np.testing.assert_allclose(-np.log10(fast["p_wald"]), -np.log10(exact["p_wald"]), atol=1e-3)
+    np.testing.assert_allclose(fast["beta"], exact["beta"], rtol=1e-4)
+
+
+def test_int8_genotypes(rng):
+    Y, genotypes, covariates, K = simulated(rng, m=10)
+    as_float = scan(Y[:, 0], genotypes, covariates, kinship=K).columns
+    as_int8 = scan(Y[:, 0], genotypes.astype(np.int8), covariates, kinship=K).columns
+    np.testing.assert_array_equal(as_int8["p_wald"], as_float["p_wald"])
+
+
+def test_bad_scan_input_is_named(rng):
+    Y, genotypes, covariates, K = simulated(rng, m=4)
+    with pytest.raises(jaxlmm.InputError, match="exactly one random effect"):
+        scan(Y[:, 0], genotypes, covariates)
+    with pytest.raises(jaxlmm.InputError, match=r"shape \(100, 4\)"):
+        scan(Y[:, 0], genotypes[:100], covariates, kinship=K)
+    with pytest.raises(jaxlmm.InputError, match="mode"):
+        scan(Y[:, 0], genotypes, covariates, kinship=K, mode="fast")
+    y = Y[:, 0].copy()
+    y[7] = np.nan
+    with pytest.raises(jaxlmm.InputError, match="row.s. 8"):
+        scan(y, genotypes, covariates, kinship=K)
+
+
+MULTI_DEVICE_SCRIPT = """
+import numpy as np, jax, sys
+sys.path.insert(0, {tests!r})
+from test_scan import simulated
+from jaxlmm.scan import scan
+assert len(jax.devices()) == 4, jax.devices()
+Y, genotypes, covariates, K = simulated(np.random.default_rng(5), m=45)
+out = scan(Y[:, 0], genotypes, covariates, kinship=K, chunk_size=16).columns
+np.savez({path!r}, **{{k: out[k] for k in ("beta", "se", "p_wald", "p_lrt", "p_score", "lambda_remle")}})
+"""
+
+
+def test_four_devices_equal_one(tmp_path):
+    path = str(tmp_path / "multi.npz")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    script = MULTI_DEVICE_SCRIPT.format(tests=str(Path(__file__).parent), path=path)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    multi = np.load(path)
+    Y, genotypes, covariates, K = simulated(np.random.default_rng(5), m=45)
+    single = scan(Y[:, 0], genotypes, covariates, kinship=K, chunk_size=16).columns
+    # equal up to floating-point rounding (matrix-product blocking differs with the per-device shape, and the
+    # per-variant Newton stops within its tolerance of the same optimum)
+    for key in multi.files:
+        np.testing.assert_allclose(multi[key], single[key], rtol=1e-8, err_msg=key)
