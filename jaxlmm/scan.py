@@ -114,6 +114,7 @@ def _batched_criterion(log_lambda, data, method):
     return jax.vmap(lambda t, d: _criterion(jnp.exp(t)[None], d, method), in_axes=(0, _BATCHED))(log_lambda, data)
 
 
+@partial(jax.jit, static_argnames=("method", "max_iter"))
 def _optimize_log_lambda(data, start, method, max_iter):
     """Per-variant optimum of log lambda on GEMMA's interval: best of a 16-point log grid and the start, then
     elementwise Newton (optax) from there. start: (B,). Returns an ElementwiseResult."""

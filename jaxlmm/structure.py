@@ -103,7 +103,10 @@ def mean_kernel_diagonal(term: RandomTerm) -> float:
     """``tr(K) / n``: the phenotypic variance one unit of ``s2`` contributes on average (1 for a grouping factor)."""
     if term.group_codes is not None:
         return 1.0
-    return float(np.einsum("ij,jk,ik->", term.Z, term.G, term.Z) / term.Z.shape[0])
+    n, q = term.Z.shape
+    if n == q and np.array_equal(term.Z, np.eye(n)):  # kinship term: tr(K)
+        return float(np.trace(term.G) / n)
+    return float(np.sum((term.Z @ term.G) * term.Z) / n)
 
 
 def spectral_basis(term: RandomTerm):
