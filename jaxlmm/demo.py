@@ -66,4 +66,26 @@ def render() -> str:
     out.append(f"Residual variance: {row['Residual_Variance']:.4f}")
     out.append(f"Total variance: {row['Total_Variance']:.4f}")
     out.append(f"Heritability (family / (family + residual)): {100 * held.heritability:.2f} %")
+    out.append("")
+    out.extend(scan_lines(data))
     return "\n".join(out)
+
+
+def scan_lines(data: dict) -> list[str]:
+    """The same three models as one batched scan (GEMMA-style tests; lambda bounded below by 1e-5 as in GEMMA)."""
+    import numpy as np
+
+    from .scan import scan
+
+    genotypes = np.column_stack([data[f"variant{j}"] for j in (1, 2, 3)])
+    result = scan(data["height"], genotypes, groups=data["family"], min_maf=0.0,
+                  variant_names=["variant1", "variant2", "variant3"])
+    cols = result.columns
+    lines = ["---------- The same models as one batched scan: jaxlmm.scan(height, variants, groups=family) ----------",
+             f"{'variant':>9} {'beta':>10} {'se':>10} {'p_wald':>10} {'p_lrt':>10} {'p_score':>10} {'s2_g':>10} "
+             f"{'s2_e':>10} {'status':>8}"]
+    for j in range(3):
+        lines.append(f"{cols['variant'][j]:>9} {cols['beta'][j]:10.6g} {cols['se'][j]:10.4g} {cols['p_wald'][j]:10.4g} "
+                     f"{cols['p_lrt'][j]:10.4g} {cols['p_score'][j]:10.4g} {cols['s2_g'][j]:10.4g} "
+                     f"{cols['s2_e'][j]:10.4g} {cols['status'][j]:>8}")
+    return lines

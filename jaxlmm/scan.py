@@ -287,7 +287,8 @@ def _impute(chunk: np.ndarray, max_missing: float, min_maf: float):
         np.where(missing, np.inf, chunk), axis=0, initial=np.inf)
     status = np.full(chunk.shape[1], "ok", dtype=object)
     maf = np.minimum(af, 1.0 - af)
-    status[maf < min_maf] = "low_maf"
+    if min_maf > 0:  # genotypes that are not allele counts (e.g. standardized) are scanned with min_maf=0
+        status[maf < min_maf] = "low_maf"
     status[n_miss / chunk.shape[0] > max_missing] = "too_many_missing"
     status[~(spread > 0)] = "monomorphic"
     status[n_obs == 0] = "all_missing"
