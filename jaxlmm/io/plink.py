@@ -40,8 +40,15 @@ class Fam(NamedTuple):
     phenotype: np.ndarray
 
 
+def _read_text(path) -> str:
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read {path}: {err}") from None
+
+
 def read_bim(path) -> Bim:
-    rows = [line.split() for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = [line.split() for line in _read_text(path).splitlines() if line.strip()]
     for i, row in enumerate(rows):
         if len(row) != 6:
             raise InputError(f"{path}: line {i + 1} has {len(row)} fields, expected 6")
@@ -53,7 +60,7 @@ def read_bim(path) -> Bim:
 def read_fam(path, column: int = 6) -> Fam:
     """Read a ``.fam``; ``column`` is the 1-based column holding the phenotype (6 by default)."""
     fid, iid, pheno = [], [], []
-    for i, line in enumerate(Path(path).read_text().splitlines()):
+    for i, line in enumerate(_read_text(path).splitlines()):
         if not line.strip():
             continue
         row = line.split()
