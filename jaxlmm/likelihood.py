@@ -40,6 +40,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.linalg import cho_solve, solve_triangular
 
 LOG_2PI = 1.8378770664093453  # log(2 pi)
@@ -119,8 +120,11 @@ def spectral_stats(ratio: jnp.ndarray, data: SpectralData) -> WeightedStats:
     # an elementwise product reduced over the m rows (one fused pass), not a matrix product: under vmap over a chunk
     # of variants this stays a single reduction and keeps XLA:CPU's Eigen thread pool (prone to wedging on large
     # batched dots inside while loops) out of the hot loop
+    d = data.rotated.shape[1]
+    rows, cols = np.triu_indices(d)  # the gram is symmetric: reduce only its upper triangle
     weighted = data.rotated.T * weights  # (d, m)
-    gram = jnp.sum(weighted[:, None, :] * data.rotated.T[None, :, :], axis=-1) + data.null_gram
+    upper = jnp.sum(weighted[rows] * data.rotated.T[cols], axis=-1)
+    gram = jnp.zeros((d, d), upper.dtype).at[rows, cols].set(upper).at[cols, rows].set(upper) + data.null_gram
     return WeightedStats(
         logdet_h=jnp.sum(jnp.log1p(lam_s)),
         xhx=gram[:-1, :-1],

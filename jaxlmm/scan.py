@@ -114,16 +114,42 @@ def _batched_criterion(log_lambda, data, method):
     return jax.vmap(lambda t, d: _criterion(jnp.exp(t)[None], d, method), in_axes=(0, _BATCHED))(log_lambda, data)
 
 
-@partial(jax.jit, static_argnames=("method", "max_iter"))
-def _optimize_log_lambda(data, start, method, max_iter):
-    """Per-variant optimum of log lambda on GEMMA's interval: best of a 16-point log grid and the start, then
-    elementwise Newton (optax) from there. start: (B,). Returns an ElementwiseResult."""
+def _grid_starts(data, starts_remle, starts_mle):
+    """Best REML and ML starting points per variant among a 16-point log grid on [1e-5, 1e5] and the given starts.
+
+    Each grid point's weighted statistics serve both criteria; grid points are visited one at a time (lax.map), so
+    memory stays at one chunk's worth."""
     grid = jnp.linspace(*LOG_LAMBDA_BOUNDS, GRID_POINTS)
-    candidates = jnp.concatenate([jnp.broadcast_to(grid[:, None], (GRID_POINTS, start.shape[0])), start[None]])
-    values = jax.lax.map(lambda t: _batched_criterion(t, data, method), candidates)  # one grid point at a time
-    best = jnp.take_along_axis(candidates, jnp.argmin(values, axis=0)[None], axis=0)[0]
-    return minimize_elementwise(lambda t: _batched_criterion(t, data, method), best, *LOG_LAMBDA_BOUNDS,
-                                max_iter=max_iter)
+    axes = (0, _BATCHED)
+
+    def both(t):
+        def one(t_b, d):
+            stats = spectral_stats(jnp.exp(t_b), d)
+            return (profiled_criterion_from_stats(stats, d.n, "REML"), profiled_criterion_from_stats(stats, d.n, "ML"))
+        return jax.vmap(one, in_axes=axes)(jnp.broadcast_to(t, starts_remle.shape), data)
+
+    grid_remle, grid_mle = jax.lax.map(both, grid)  # (GRID_POINTS, B) each
+    start_remle = _batched_criterion(starts_remle, data, "REML")
+    start_mle = _batched_criterion(starts_mle, data, "ML")
+
+    def pick(values, start_values, starts):
+        best = jnp.argmin(values, axis=0)
+        best_grid = grid[best]
+        return jnp.where(start_values <= jnp.min(values, axis=0), starts, best_grid)
+
+    return pick(grid_remle, start_remle, starts_remle), pick(grid_mle, start_mle, starts_mle)
+
+
+@partial(jax.jit, static_argnames=("max_iter",))
+def _optimize_log_lambdas(data, starts_remle, starts_mle, max_iter):
+    """Per-variant REML and ML optima of log lambda on GEMMA's interval [1e-5, 1e5]: grid start, then elementwise
+    Newton (optax). starts: (B,). Returns two ElementwiseResults."""
+    t_remle, t_mle = _grid_starts(data, starts_remle, starts_mle)
+    remle = minimize_elementwise(lambda t: _batched_criterion(t, data, "REML"), t_remle, *LOG_LAMBDA_BOUNDS,
+                                 max_iter=max_iter)
+    mle = minimize_elementwise(lambda t: _batched_criterion(t, data, "ML"), t_mle, *LOG_LAMBDA_BOUNDS,
+                               max_iter=max_iter)
+    return remle, mle
 
 
 def _schur_xy(stats, c):
@@ -210,8 +236,7 @@ def _fit_chunk(rotation_basis, shared: _Shared, genotypes, *, c, exact, max_iter
             shared, x_rot, xx, xc, xy_p, y_r, cy_gram, c)
         b = x_rot.shape[1]
         if exact:
-            remle = _optimize_log_lambda(data, jnp.full(b, t_remle0), "REML", max_iter)
-            mle = _optimize_log_lambda(data, jnp.full(b, t_mle0), "ML", max_iter)
+            remle, mle = _optimize_log_lambdas(data, jnp.full(b, t_remle0), jnp.full(b, t_mle0), max_iter)
             t_remle, t_mle = remle.params, mle.params
             converged = remle.converged & mle.converged
             iterations = remle.iterations + mle.iterations
@@ -239,8 +264,8 @@ def _null_models(basis, cov, Y, trace_ratio, max_iter):
     for p in range(Y.shape[1]):
         data = structure.spectral_data(basis, jnp.asarray(Y[:, p]), jnp.asarray(cov))
         batch = jax.tree.map(lambda a: a[None], data)._replace(eigenvalues=data.eigenvalues, n=data.n)
-        t_remle = _optimize_log_lambda(batch, jnp.zeros(1), "REML", max_iter).params[0]
-        t_mle = _optimize_log_lambda(batch, jnp.zeros(1), "ML", max_iter).params[0]
+        remle, mle = _optimize_log_lambdas(batch, jnp.zeros(1), jnp.zeros(1), max_iter)
+        t_remle, t_mle = remle.params[0], mle.params[0]
         lam = jnp.exp(t_remle)
         stats = spectral_stats(lam, data)
         s2_e = float(gls(stats).q / (Y.shape[0] - cov.shape[1]))
