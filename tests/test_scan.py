@@ -56,11 +56,15 @@ def test_group_scan_rows_equal_single_fits(group_scan, group_scan_data):
     y, genotypes, covariates, groups = group_scan_data
     got = group_scan.columns
     for j in range(genotypes.shape[1]):
-        fit = jaxlmm.fit(y, np.c_[covariates, genotypes[:, j]], groups=groups)
-        np.testing.assert_allclose(got["beta"][j], fit.fixef[-1], rtol=1e-6)
-        np.testing.assert_allclose(got["se"][j], fit.se[-1], rtol=1e-6)
-        np.testing.assert_allclose(got["s2_g"][j], fit.variances[0], rtol=1e-6)
-        np.testing.assert_allclose(got["s2_e"][j], fit.residual_variance, rtol=1e-6)
+        assert_row_equals_fit(got, j, jaxlmm.fit(y, np.c_[covariates, genotypes[:, j]], groups=groups))
+
+
+def assert_row_equals_fit(columns, j, fit):
+    """Scan row j agrees with a single-model fit of the same variant (the variant is the last fixed effect)."""
+    np.testing.assert_allclose(columns["beta"][j], fit.fixef[-1], rtol=1e-6)
+    np.testing.assert_allclose(columns["se"][j], fit.se[-1], rtol=1e-6)
+    np.testing.assert_allclose(columns["s2_g"][j], fit.variances[0], rtol=1e-6)
+    np.testing.assert_allclose(columns["s2_e"][j], fit.residual_variance, rtol=1e-6)
 
 
 def test_kinship_scan_rows_equal_single_fits(rng):
@@ -72,10 +76,7 @@ def test_kinship_scan_rows_equal_single_fits(rng):
         if fit.singular[0]:  # the scan reports GEMMA's lower bound 1e-5 instead of an exact 0
             assert got["lambda_remle"][j] == pytest.approx(1e-5)
             continue
-        np.testing.assert_allclose(got["beta"][j], fit.fixef[-1], rtol=1e-6)
-        np.testing.assert_allclose(got["se"][j], fit.se[-1], rtol=1e-6)
-        np.testing.assert_allclose(got["s2_g"][j], fit.variances[0], rtol=1e-6)
-        np.testing.assert_allclose(got["s2_e"][j], fit.residual_variance, rtol=1e-6)
+        assert_row_equals_fit(got, j, fit)
 
 
 def test_null_model_equals_single_fit(rng):
