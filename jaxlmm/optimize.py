@@ -173,7 +173,8 @@ def minimize_elementwise(
     gradients, a second all B curvatures), through optax (:func:`scale_by_elementwise_newton`). A step that does
     not decrease an element's objective is replaced by a quarter step; iterates are clipped to the bounds. An
     element has converged when ``|gradient| <= gtol`` or it sits on a bound with the gradient pointing outwards.
-    The loop stops when every element has converged or after ``max_iter`` steps.
+    The loop stops when every element has converged (or has a non-finite gradient, reported as not converged) or
+    after ``max_iter`` steps.
     """
     solver = optax.chain(scale_by_elementwise_newton(max_step), optax.scale(-1.0))
     ones = jnp.ones_like(params0)
@@ -186,6 +187,10 @@ def minimize_elementwise(
         at_lower = (t <= lower) & (grad > 0)
         at_upper = (t >= upper) & (grad < 0)
         return (jnp.abs(grad) <= gtol) | at_lower | at_upper, at_lower | at_upper
+
+    def finished(t, grad):
+        """Converged, or hopeless (non-finite gradient): either way this element stops holding the batch."""
+        return status(t, grad)[0] | ~jnp.isfinite(grad)
 
     class State(NamedTuple):
         params: jnp.ndarray
@@ -208,13 +213,13 @@ def minimize_elementwise(
         moved = jnp.where(full_value <= state.value, full, quarter)
         params = jnp.where(state.done, state.params, moved)
         value, grad, curv = derivatives(params)
-        done, _ = status(params, grad)
+        done = finished(params, grad)
         iterations = state.iterations + jnp.where(state.done, 0, 1)
         return State(params, value, grad, curv, iterations, done, opt_state, state.count + 1)
 
     params0 = jnp.clip(params0, lower, upper)
     value0, grad0, curv0 = derivatives(params0)
-    done0, _ = status(params0, grad0)
+    done0 = finished(params0, grad0)
     zero = jnp.zeros(params0.shape, jnp.int32)
     initial = State(params0, value0, grad0, curv0, zero, done0, solver.init(params0), jnp.asarray(0))
     final = jax.lax.while_loop(keep_going, step, initial)

@@ -419,9 +419,10 @@ def _scan_validated(Y, cov, term, genotypes, mode, chunk_size, min_maf, max_miss
             raise validate.InputError(f"genotype chunk at variant {offset + 1} has shape {chunk.shape}, expected ({n}, b)")
         b = chunk.shape[1]
         imputed, n_miss, af, status = _impute(chunk, max_missing, min_maf)
+        filler = (np.arange(n) % 2)[:, None]  # a well-posed column fitted in place of variants not analyzed
         padded = np.empty((n, chunk_size))
-        padded[:, :b] = imputed
-        padded[:, b:] = (np.arange(n) % 2)[:, None]  # well-posed filler columns, discarded
+        padded[:, :b] = np.where(status == "ok", imputed, filler)  # filtered variants would stall the batch
+        padded[:, b:] = filler
         device_chunk = jax.device_put(padded, chunk_sharding) if chunk_sharding is not None else jnp.asarray(padded)
         dispatched = fit(rotation_basis, shared, device_chunk)  # asynchronous: runs while the next chunk is read
         if pending is not None:
