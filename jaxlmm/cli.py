@@ -122,8 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _enable_compilation_cache() -> None:
+    """Keep compiled programs between runs (the scan compiles for ~10 s). The CLI is its own process, so setting
+    this JAX option here changes nothing for library users. JAXLMM_CACHE_DIR overrides the place; empty disables."""
+    import os
+
+    import jax
+
+    directory = os.environ.get("JAXLMM_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "jaxlmm", "xla"))
+    if directory:
+        jax.config.update("jax_compilation_cache_dir", directory)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    _enable_compilation_cache()
     try:
         return args.run(args)
     except InputError as err:
