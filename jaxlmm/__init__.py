@@ -1,7 +1,10 @@
 """jaxlmm: linear mixed models in JAX, from one lme4-style fit to batched genome-wide variant scans."""
 
 from .fit import FitResult, fit
+from .scan import ScanResult, scan
 from .structure import RandomTerm, general_term, group_term, kinship_term
 from .validate import InputError
 
-__all__ = ["FitResult", "InputError", "RandomTerm", "fit", "general_term", "group_term", "kinship_term"]
+__all__ = [
+    "FitResult", "InputError", "RandomTerm", "ScanResult", "fit", "general_term", "group_term", "kinship_term", "scan",
+]

@@ -50,3 +50,13 @@ def test_demo_prints_seed_tables():
     assert "variant3" in out.stdout and "4.384914158" in out.stdout
     assert "Fixed effects (all variants) PVE: 92.48 %" in out.stdout
     assert "not identified" in out.stdout
+
+
+def test_jaxlmm_leaves_global_jax_settings_alone():
+    """Importing jaxlmm and fitting runs in float64 in scope only: the user's x64 flag stays as it was."""
+    script = ("import jax, numpy as np, jaxlmm\n"
+              "r = jaxlmm.fit(np.array([1., 2, 4, 3, 6, 5]), groups=[1, 1, 2, 2, 3, 3])\n"
+              "print(jax.config.jax_enable_x64, r.fixef.dtype)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "float64"]
