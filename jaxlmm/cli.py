@@ -37,7 +37,7 @@ def _scan(args) -> int:
 
     from .io.plink import BedReader, read_fam
     from .io.results import genomic_inflation, write_assoc
-    from .kinship import relatedness
+    from .kinship import passing_variants, relatedness
     from .scan import scan
 
     start = time.perf_counter()
@@ -51,10 +51,7 @@ def _scan(args) -> int:
         if kinship.shape != (reader.shape[0], reader.shape[0]):
             raise InputError(f"{args.kinship}: {kinship.shape} kinship, but {args.bfile}.fam has {reader.shape[0]} samples")
     else:
-        sub = reader[analyzed, :]
-        af = np.nanmean(sub, axis=0) / 2
-        passing = (af >= args.min_maf) & (af <= 1 - args.min_maf) & (np.isnan(sub).mean(axis=0) <= args.max_missing)
-        kinship = relatedness(reader, passing)
+        kinship = relatedness(reader, passing_variants(reader[analyzed, :], args.min_maf, args.max_missing))
     rows = _RowSubset(reader, analyzed)
     result = scan(phenotype[analyzed], rows, kinship=kinship[np.ix_(analyzed, analyzed)], mode=args.mode,
                   chunk_size=args.chunk, min_maf=args.min_maf, max_missing=args.max_missing,

@@ -23,6 +23,18 @@ def _chunk_contribution(chunk, standardize):
     return centred @ centred.T
 
 
+def passing_variants(genotypes: np.ndarray, min_maf: float = 0.01, max_missing: float = 0.05) -> np.ndarray:
+    """(M,) bool: variants GEMMA uses for its kinship, judged on the analyzed samples' genotypes (n, M).
+
+    Counted-allele frequency in [min_maf, 1 - min_maf] (GEMMA filters both sides) and missing fraction at most
+    max_missing.
+    """
+    with np.errstate(invalid="ignore"):
+        frequency = np.nanmean(genotypes, axis=0) / 2
+    missing = np.isnan(genotypes).mean(axis=0)
+    return (frequency >= min_maf) & (frequency <= 1 - min_maf) & (missing <= max_missing)
+
+
 def relatedness(genotypes, variant_mask=None, standardize: bool = False, chunk_size: int = 2048) -> np.ndarray:
     """(n, n) relatedness from genotypes (n, M) array-like with column slicing; variant_mask (M,) selects variants."""
     n, m = genotypes.shape

@@ -51,7 +51,7 @@ def summary(result: FitResult, formula: str | None = None) -> str:
         lines.append(f"REML criterion at convergence: {result.criterion:.4f}")
     else:
         aic = result.criterion + 2 * (result.p + len(result.term_names) + 1)
-        lines.append(f"     AIC   logLik deviance")
+        lines.append("     AIC   logLik deviance")
         lines.append(f"{aic:8.1f} {result.loglik:8.1f} {result.criterion:8.1f}")
     lines.append("")
     lines.append("Random effects:")

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import structure, validate
-from .likelihood import SpectralData, gls, profiled_criterion_from_stats, spectral_stats, LOG_2PI
+from .likelihood import SpectralData, gls, profiled_criterion_from_stats, spectral_stats
 from .optimize import minimize_elementwise
 from .pvalues import chi2_1_sf, f1_sf
 

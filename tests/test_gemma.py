@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from jaxlmm.io.plink import BedReader
-from jaxlmm.kinship import relatedness
+from jaxlmm.kinship import passing_variants, relatedness
 from jaxlmm.scan import scan
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gemma"
@@ -22,9 +22,7 @@ def mouse():
     phenotype = reader.fam.phenotype
     analyzed = ~np.isnan(phenotype)
     genotypes = reader[:, :]
-    sub = genotypes[analyzed]
-    af = np.nanmean(sub, axis=0) / 2
-    passing = (af >= 0.01) & (af <= 0.99) & (np.isnan(sub).mean(axis=0) <= 0.05)
+    passing = passing_variants(genotypes[analyzed])
     kinship = relatedness(reader, passing)
     return reader, phenotype, analyzed, genotypes, passing, kinship
 
