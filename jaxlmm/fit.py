@@ -28,7 +28,8 @@ import numpy as np
 
 from . import structure, validate
 from .estimates import fixed_effect_variance, fixed_effects, random_effects, variance_explained
-from .likelihood import DenseData, dense_stats, gls, profiled_criterion_from_stats, residual_df, spectral_stats
+from .likelihood import (DenseData, dense_stats, gls, profiled_criterion_from_stats, residual_df,
+                         spectral_profiled_criterion_at_ratio, spectral_stats)
 from .optimize import DEFAULT_MAX_ITER, minimize, ratios_from_params
 from .structure import RandomTerm
 
@@ -102,11 +103,11 @@ class FitResult(NamedTuple):
 
 
 def _spectral_reml(ratios, data):
-    return profiled_criterion_from_stats(spectral_stats(ratios[0], data), data.n, "REML")
+    return spectral_profiled_criterion_at_ratio(ratios, data, "REML")
 
 
 def _spectral_ml(ratios, data):
-    return profiled_criterion_from_stats(spectral_stats(ratios[0], data), data.n, "ML")
+    return spectral_profiled_criterion_at_ratio(ratios, data, "ML")
 
 
 def _dense_reml(ratios, data):

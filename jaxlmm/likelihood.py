@@ -117,9 +117,8 @@ def spectral_stats(ratio: jnp.ndarray, data: SpectralData) -> WeightedStats:
     """
     lam_s = ratio * data.eigenvalues
     weights = 1.0 / (1.0 + lam_s)
-    # an elementwise product reduced over the m rows (one fused pass), not a matrix product: under vmap over a chunk
-    # of variants this stays a single reduction and keeps XLA:CPU's Eigen thread pool (prone to wedging on large
-    # batched dots inside while loops) out of the hot loop
+    # an elementwise product reduced over the m rows: under vmap over a chunk of variants this is one fused pass
+    # over the rotated data per evaluation
     d = data.rotated.shape[1]
     rows, cols = np.triu_indices(d)  # the gram is symmetric: reduce only its upper triangle
     weighted = data.rotated.T * weights  # (d, m)
@@ -225,4 +224,9 @@ def spectral_criterion(log_variances: jnp.ndarray, data: SpectralData, method: s
 
 def spectral_profiled_criterion(log_ratio: jnp.ndarray, data: SpectralData, method: str = "REML") -> jnp.ndarray:
     """-2 log L profiled over ``b`` and ``s2_e``; log_ratio: () or (1,) ``log(s2_u / s2_e)`` (GEMMA's log lambda)."""
-    return profiled_criterion_from_stats(spectral_stats(jnp.exp(jnp.reshape(log_ratio, ())), data), data.n, method)
+    return spectral_profiled_criterion_at_ratio(jnp.exp(log_ratio), data, method)
+
+
+def spectral_profiled_criterion_at_ratio(ratio: jnp.ndarray, data: SpectralData, method: str = "REML") -> jnp.ndarray:
+    """The same on the ratio scale; ratio: () or (1,) ``s2_u / s2_e >= 0`` (0 allowed: the boundary)."""
+    return profiled_criterion_from_stats(spectral_stats(jnp.reshape(ratio, ()), data), data.n, method)

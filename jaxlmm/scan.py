@@ -39,7 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import structure, validate
-from .likelihood import SpectralData, gls, profiled_criterion_from_stats, spectral_stats
+from .likelihood import (SpectralData, gls, profiled_criterion_from_stats, spectral_profiled_criterion_at_ratio,
+                         spectral_stats)
 from .optimize import minimize_elementwise
 from .pvalues import chi2_1_sf, f1_sf
 
@@ -94,16 +95,12 @@ class ScanResult(NamedTuple):
 # one variant, one phenotype (vmapped below)
 
 
-def _criterion(ratio, data, method):
-    return profiled_criterion_from_stats(spectral_stats(ratio[0], data), data.n, method)
-
-
 def _reml(ratio, data):
-    return _criterion(ratio, data, "REML")
+    return spectral_profiled_criterion_at_ratio(ratio, data, "REML")
 
 
 def _ml(ratio, data):
-    return _criterion(ratio, data, "ML")
+    return spectral_profiled_criterion_at_ratio(ratio, data, "ML")
 
 
 _BATCHED = SpectralData(None, 0, 0, None)  # a chunk's SpectralData: rotated data and grams per variant
@@ -111,7 +108,8 @@ _BATCHED = SpectralData(None, 0, 0, None)  # a chunk's SpectralData: rotated dat
 
 def _batched_criterion(log_lambda, data, method):
     """Criterion of every variant of a chunk: log_lambda (B,), data a SpectralData batched over its first axis."""
-    return jax.vmap(lambda t, d: _criterion(jnp.exp(t)[None], d, method), in_axes=(0, _BATCHED))(log_lambda, data)
+    return jax.vmap(lambda t, d: spectral_profiled_criterion_at_ratio(jnp.exp(t), d, method),
+                    in_axes=(0, _BATCHED))(log_lambda, data)
 
 
 def _grid_starts(data, starts_remle, starts_mle):
