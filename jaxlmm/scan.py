@@ -32,7 +32,7 @@ Modes: ``"exact"`` re-estimates lambda per variant; ``"null"`` keeps the null mo
 from __future__ import annotations
 
 from functools import partial
-from typing import Iterable, NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -288,11 +288,14 @@ def center(K: np.ndarray) -> np.ndarray:
     return K - K.mean(axis=1, keepdims=True)
 
 
-def _column_chunks(genotypes, chunk_size) -> Iterable[np.ndarray]:
+def _column_chunks(genotypes, chunk_size, start=0, stop=None) -> Iterable[np.ndarray]:
     if hasattr(genotypes, "shape") and hasattr(genotypes, "__getitem__"):
-        for start in range(0, genotypes.shape[1], chunk_size):
-            yield np.asarray(genotypes[:, start:start + chunk_size])
+        stop = genotypes.shape[1] if stop is None else min(stop, genotypes.shape[1])
+        for first in range(start, stop, chunk_size):
+            yield np.asarray(genotypes[:, first:min(first + chunk_size, stop)])
     else:
+        if start or stop is not None:
+            raise validate.InputError("start/stop need genotypes with column slicing, not an iterable of chunks")
         yield from (np.asarray(chunk) for chunk in genotypes)
 
 
@@ -318,9 +321,36 @@ def _impute(chunk: np.ndarray, max_missing: float, min_maf: float):
     return imputed, n_miss, af, status
 
 
-def scan(
+class PreparedScan(NamedTuple):
+    """Everything a scan needs before its first variant: the decomposed kernel, rotated covariates and phenotypes,
+    the null models, and the compiled per-chunk fit. Built once by :func:`prepare_scan`; chunks of variants are then
+    fitted by :func:`scan_chunks` (in any order, e.g. one share of a partitioned run).
+
+    null: the per-phenotype null models; n: samples; covariates: c including the intercept; phenotypes: P;
+    chunk_size: variants per fitted batch (rounded up to a multiple of the device count).
+    """
+
+    null: NullModel
+    n: int
+    covariates: int
+    phenotypes: int
+    chunk_size: int
+    min_maf: float
+    max_missing: float
+    fit_chunk: object  # (n, chunk_size) imputed genotypes on the device -> dict of (P, chunk_size) arrays
+    chunk_sharding: object
+
+
+class ScanChunk(NamedTuple):
+    """Results for variants offset .. offset + b - 1: columns name -> (P, b) arrays (status as strings), names as in
+    COLUMNS except "variant" and "phenotype"."""
+
+    offset: int
+    columns: dict
+
+
+def prepare_scan(
     y,
-    genotypes,
     covariates=None,
     *,
     kinship=None,
@@ -331,27 +361,15 @@ def scan(
     min_maf: float = 0.01,
     max_missing: float = 0.05,
     max_iter: int = 30,
-    variant_names=None,
     center_kinship: bool = True,
     rotation_dtype=jnp.float64,
-) -> ScanResult:
-    """Fit ``y ~ covariates + variant_j + random effect`` for every variant j and test it (GEMMA ``-lmm 4`` tests).
-
-    y:           (n,) or (n, P) phenotypes (finite; several phenotypes share one decomposition)
-    genotypes:   (n, M) array-like (numpy, memmap, any object with ``.shape`` and column slicing; NaN = missing,
-                 mean-imputed per variant) or an iterable of (n, b) chunks
-    covariates:  (n, c0) or None; an intercept is prepended unless ``intercept=False``
-    kinship:     (n, n) relationship matrix, or groups: (n,) labels of a grouping factor ``(1|g)``
-    mode:        "exact" (per-variant REML/ML) or "null" (lambda fixed at the null REML estimate)
-    min_maf, max_missing: variants failing these get status "low_maf" / "too_many_missing" and NaN statistics
-    center_kinship: double-centre the kinship first, as GEMMA does (see module docstring)
-    rotation_dtype: dtype of the genotype rotation ``U'X`` (float64 default; float32 is about twice as fast on a GPU
-                 and costs ~1e-7 relative in the rotated genotypes); the per-variant fits always run in float64
-    Chunks are sharded over the variant axis across all JAX devices when there are several.
-    Returns a :class:`ScanResult` with one row per (phenotype, variant).
-    """
+) -> PreparedScan:
+    """Validate the model without variants, decompose its kernel and fit the null models (arguments as in
+    :func:`scan`)."""
     if mode not in ("exact", "null"):
         raise validate.InputError(f"mode must be 'exact' or 'null', got {mode!r}")
+    if int(chunk_size) < 1:
+        raise validate.InputError(f"chunk_size must be a positive number of variants, got {chunk_size!r}")
     Y = np.asarray(y, dtype=float)
     Y = Y[:, None] if Y.ndim == 1 else Y
     for p in range(Y.shape[1]):
@@ -363,6 +381,9 @@ def scan(
     if intercept:
         cov, names = np.c_[np.ones(n), cov], ["(Intercept)", *names]
     cov = validate.design(cov, n, names, what="covariates")
+    if cov.shape[1] + 1 >= n:
+        raise validate.InputError(f"{cov.shape[1]} covariates and a variant leave no residual degrees of freedom "
+                                  f"with {n} samples")
     if (kinship is None) == (groups is None):
         raise validate.InputError("give exactly one random effect: kinship= or groups=")
     if kinship is not None:
@@ -371,8 +392,45 @@ def scan(
     else:
         term = structure.group_term(validate.groups(groups, n, "groups"))
     with jax.enable_x64(True):
-        return _scan_validated(Y, cov, term, genotypes, mode, chunk_size, min_maf, max_missing, max_iter,
-                               variant_names, rotation_dtype)
+        return _prepare_validated(Y, cov, term, mode, int(chunk_size), min_maf, max_missing, max_iter,
+                                  rotation_dtype)
+
+
+def scan(y, genotypes, covariates=None, *, variant_names=None, **options) -> ScanResult:
+    """Fit ``y ~ covariates + variant_j + random effect`` for every variant j and test it (GEMMA ``-lmm 4`` tests).
+
+    y:           (n,) or (n, P) phenotypes (finite; several phenotypes share one decomposition)
+    genotypes:   (n, M) array-like (numpy, memmap, any object with ``.shape`` and column slicing; NaN = missing,
+                 mean-imputed per variant) or an iterable of (n, b) chunks
+    covariates:  (n, c0) or None; an intercept is prepended unless ``intercept=False``
+    variant_names: (M,) labels for the "variant" column (default v1, v2, ...)
+    options (keyword only):
+      kinship:     (n, n) relationship matrix, or groups: (n,) labels of a grouping factor ``(1|g)``
+      intercept:   prepend an intercept column (default True)
+      mode:        "exact" (per-variant REML/ML, default) or "null" (lambda fixed at the null REML estimate)
+      chunk_size:  variants per batch (default 512)
+      min_maf, max_missing: variants failing these (defaults 0.01, 0.05) get status "low_maf" / "too_many_missing"
+                   and NaN statistics
+      max_iter:    Newton iterations per variant (default 30)
+      center_kinship: double-centre the kinship first, as GEMMA does (default True; see module docstring)
+      rotation_dtype: dtype of the genotype rotation ``U'X`` (float64 default; float32 is about twice as fast on a
+                   GPU and costs ~1e-7 relative in the rotated genotypes); the per-variant fits always run in float64
+    Chunks are sharded over the variant axis across all JAX devices when there are several.
+    Returns a :class:`ScanResult` with one row per (phenotype, variant), phenotype-major.
+    For large scans, :func:`prepare_scan` and :func:`scan_chunks` stream the same results chunk by chunk.
+    """
+    prepared = prepare_scan(y, covariates, **options)
+    chunks = list(scan_chunks(prepared, genotypes))
+    M = sum(chunk.columns["n_miss"].shape[1] for chunk in chunks)
+    names = np.asarray(variant_names) if variant_names is not None else np.array([f"v{j + 1}" for j in range(M)])
+    if names.shape[0] != M:
+        raise validate.InputError(f"{names.shape[0]} variant names for {M} variants")
+    P = prepared.phenotypes
+    columns = {"variant": np.tile(names, P), "phenotype": np.repeat(np.arange(1, P + 1), M)}
+    for key in COLUMNS[2:]:
+        parts = [chunk.columns[key] for chunk in chunks]
+        columns[key] = np.concatenate(parts, axis=1).reshape(-1) if parts else np.empty(0)
+    return ScanResult(columns, prepared.null, prepared.n, prepared.covariates)
 
 
 def _device_placement(chunk_size: int):
@@ -388,8 +446,7 @@ def _device_placement(chunk_size: int):
             chunk_size)
 
 
-def _scan_validated(Y, cov, term, genotypes, mode, chunk_size, min_maf, max_missing, max_iter, variant_names,
-                    rotation_dtype):
+def _prepare_validated(Y, cov, term, mode, chunk_size, min_maf, max_missing, max_iter, rotation_dtype):
     n, c = cov.shape
     basis = structure.spectral_basis(term)
     trace_ratio = structure.mean_kernel_diagonal(term)
@@ -409,65 +466,57 @@ def _scan_validated(Y, cov, term, genotypes, mode, chunk_size, min_maf, max_miss
         basis, shared = jax.device_put((basis, shared), replicated)
     rotation_basis = jax.tree.map(
         lambda a: a.astype(rotation_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, basis)
-    fit = partial(_fit_chunk, c=c, exact=mode == "exact", max_iter=max_iter, rotation_dtype=jnp.dtype(rotation_dtype))
+    fit = partial(_fit_chunk, rotation_basis, shared, c=c, exact=mode == "exact", max_iter=max_iter,
+                  rotation_dtype=jnp.dtype(rotation_dtype))
+    return PreparedScan(null, n, c, Y.shape[1], chunk_size, min_maf, max_missing, fit, chunk_sharding)
 
-    pieces, pending, offset = [], None, 0
-    for chunk in _column_chunks(genotypes, chunk_size):
+
+def scan_chunks(prepared: PreparedScan, genotypes, start: int = 0, stop: int | None = None) -> Iterator[ScanChunk]:
+    """Fit and test variants start .. stop - 1 of genotypes, one :class:`ScanChunk` per chunk of
+    ``prepared.chunk_size`` variants, in order. The next chunk is read and dispatched while the previous one is
+    fitted. Results of a variant do not depend on start/stop when start is a multiple of the chunk size.
+
+    genotypes: (n, M) array-like with column slicing (start/stop apply), or an iterable of (n, b) chunks.
+    """
+    n, size = prepared.n, prepared.chunk_size
+    pending, offset = None, start
+    for chunk in _column_chunks(genotypes, size, start, stop):
         if chunk.ndim != 2 or chunk.shape[0] != n:
             raise validate.InputError(f"genotype chunk at variant {offset + 1} has shape {chunk.shape}, expected ({n}, b)")
         b = chunk.shape[1]
-        imputed, n_miss, af, status = _impute(chunk, max_missing, min_maf)
+        imputed, n_miss, af, status = _impute(chunk, prepared.max_missing, prepared.min_maf)
         filler = (np.arange(n) % 2)[:, None]  # a well-posed column fitted in place of variants not analyzed
-        padded = np.empty((n, chunk_size))
+        padded = np.empty((n, size))
         padded[:, :b] = np.where(status == "ok", imputed, filler)  # filtered variants would stall the batch
         padded[:, b:] = filler
-        device_chunk = jax.device_put(padded, chunk_sharding) if chunk_sharding is not None else jnp.asarray(padded)
-        dispatched = fit(rotation_basis, shared, device_chunk)  # asynchronous: runs while the next chunk is read
+        with jax.enable_x64(True):
+            device_chunk = (jax.device_put(padded, prepared.chunk_sharding) if prepared.chunk_sharding is not None
+                            else jnp.asarray(padded))
+            dispatched = prepared.fit_chunk(device_chunk)  # asynchronous: runs while the next chunk is read
         if pending is not None:
-            pieces.append(_collect(*pending))
+            yield _collect(prepared.phenotypes, *pending)
         pending = (offset, b, n_miss, af, status, dispatched)
         offset += b
     if pending is not None:
-        pieces.append(_collect(*pending))
-    return ScanResult(_assemble(pieces, Y.shape[1], offset, variant_names), null, n, c)
+        yield _collect(prepared.phenotypes, *pending)
 
 
-def _collect(offset, b, n_miss, af, status, dispatched):
-    return offset, b, n_miss, af, status, {k: np.asarray(v)[:, :b] for k, v in dispatched.items()}
-
-
-def _assemble(pieces, P, M, variant_names) -> dict:
-    names = np.asarray(variant_names) if variant_names is not None else np.array([f"v{j + 1}" for j in range(M)])
-    if names.shape[0] != M:
-        raise validate.InputError(f"{names.shape[0]} variant names for {M} variants")
-    stat_keys = [k for k in COLUMNS if k not in ("variant", "phenotype", "n_miss", "af", "status")]
-    per_pheno = {k: np.empty((P, M)) for k in stat_keys}
-    status = np.empty((P, M), dtype=object)
-    n_miss = np.empty(M, dtype=int)
-    af = np.empty(M)
-    for offset, b, miss, freq, stat, out in pieces:
-        sl = slice(offset, offset + b)
-        n_miss[sl], af[sl] = miss, freq
-        for k in stat_keys:
-            per_pheno[k][:, sl] = out[k]
-        collinear = out["collinear_ratio"] <= 1e-8 * np.maximum(1.0, out["collinear_ratio"].max(initial=1.0))
-        st = np.broadcast_to(stat, (P, b)).copy()
-        st[(st == "ok") & collinear] = "collinear"
-        st[(st == "ok") & ~out["converged"].astype(bool)] = "not_converged"
-        status[:, sl] = st
-    filtered = status != "ok"
-    float_keys = [k for k in stat_keys if k not in ("converged", "iterations")]
-    for k in float_keys:
-        per_pheno[k][filtered & (status != "not_converged")] = np.nan
-    columns = {
-        "variant": np.tile(names, P),
-        "phenotype": np.repeat(np.arange(1, P + 1), M),
-        "n_miss": np.tile(n_miss, P),
-        "af": np.tile(af, P),
-    }
-    for k in stat_keys:
-        columns[k] = per_pheno[k].reshape(-1)
-    columns["converged"] = columns["converged"].astype(bool)
-    columns["iterations"] = columns["iterations"].astype(int)
-    columns["status"] = status.reshape(-1).astype(str)
-    return {k: columns[k] for k in COLUMNS}
+def _collect(P, offset, b, n_miss, af, status, dispatched) -> ScanChunk:
+    """Bring one chunk's statistics to the host and give each variant its final status."""
+    out = {k: np.asarray(v)[:, :b] for k, v in dispatched.items()}
+    collinear = out["collinear_ratio"] <= 1e-8 * np.maximum(1.0, out["collinear_ratio"].max(initial=1.0))
+    st = np.broadcast_to(status, (P, b)).copy()
+    st[(st == "ok") & collinear] = "collinear"
+    st[(st == "ok") & ~out["converged"].astype(bool)] = "not_converged"
+    filtered = (st != "ok") & (st != "not_converged")
+    columns = {"n_miss": np.broadcast_to(n_miss, (P, b)).copy(), "af": np.broadcast_to(af, (P, b)).copy()}
+    for key in COLUMNS[4:-1]:
+        values = out[key]
+        if key == "converged":
+            columns[key] = values.astype(bool)
+        elif key == "iterations":
+            columns[key] = values.astype(int)
+        else:
+            columns[key] = np.where(filtered, np.nan, values)
+    columns["status"] = st.astype(str)
+    return ScanChunk(offset, columns)
