@@ -1,10 +1,12 @@
-"""Command line: ``jaxlmm fit``, ``jaxlmm demo``. A thin layer: parse flags, call the library, print."""
+"""Command line: ``jaxlmm fit | scan | grm | merge | demo``. A thin layer: flags and TOML -> validated config ->
+library call -> writers; the progress bar lives here only."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 
 from .validate import InputError
 
@@ -30,62 +32,60 @@ def _fit(args) -> int:
     return 0
 
 
+def _scan_config(args):
+    from .config import SCAN_KEYS, scan_config
+
+    flags = {key: getattr(args, key, None) for key in SCAN_KEYS}
+    for key in ("plots", "resume"):
+        flags[key] = True if flags[key] else None  # absent switches leave the config file's value
+    return scan_config(args.config, **flags)
+
+
+def _progress(stream=sys.stderr):
+    """A one-line progress bar (variants done, rate, time left) on a terminal; None (silent) otherwise."""
+    if not stream.isatty():
+        return None
+    began = time.perf_counter()
+
+    def show(done: int, total: int) -> None:
+        elapsed = max(time.perf_counter() - began, 1e-9)
+        rate = done / elapsed
+        left = (total - done) / rate if rate > 0 else float("inf")
+        filled = int(30 * done / max(total, 1))
+        stream.write(f"\r[{'#' * filled:<30}] {done:,}/{total:,} variants  {rate:,.0f}/s  {left:,.0f} s left ")
+        if done >= total:
+            stream.write("\n")
+        stream.flush()
+
+    return show
+
+
 def _scan(args) -> int:
-    import time
+    from .pipeline import run_scan
 
-    import numpy as np
-
-    from .io.plink import BedReader, read_fam
-    from .io.results import genomic_inflation, write_assoc
-    from .kinship import passing_variants, relatedness
-    from .scan import scan
-
-    start = time.perf_counter()
-    reader = BedReader(args.bfile)
-    phenotype = read_fam(args.bfile + ".fam", column=5 + args.pheno_col).phenotype
-    analyzed = ~np.isnan(phenotype)
-    if not analyzed.any():
-        raise InputError(f"{args.bfile}.fam: no sample has a value in phenotype column {args.pheno_col}")
-    if args.kinship:
-        kinship = np.load(args.kinship) if args.kinship.endswith(".npy") else np.loadtxt(args.kinship)
-        if kinship.shape != (reader.shape[0], reader.shape[0]):
-            raise InputError(f"{args.kinship}: {kinship.shape} kinship, but {args.bfile}.fam has {reader.shape[0]} samples")
-    else:
-        kinship = relatedness(reader, passing_variants(reader[analyzed, :], args.min_maf, args.max_missing))
-    rows = _RowSubset(reader, analyzed)
-    result = scan(phenotype[analyzed], rows, kinship=kinship[np.ix_(analyzed, analyzed)], mode=args.mode,
-                  chunk_size=args.chunk, min_maf=args.min_maf, max_missing=args.max_missing,
-                  variant_names=reader.bim.rsid)
-    written = write_assoc(args.out + ".assoc.tsv", result.columns, reader.bim)
-    status = result.columns["status"]
-    lines = [
-        f"jaxlmm scan --bfile {args.bfile} --pheno-col {args.pheno_col} --mode {args.mode}",
-        f"samples: {reader.shape[0]} in .fam, {analyzed.sum()} analyzed ({(~analyzed).sum()} missing phenotype)",
-        f"variants in: {reader.shape[1]}; rows out: {written}; " + ", ".join(
-            f"{s}: {(status == s).sum()}" for s in np.unique(status)),
-        f"rows in == rows out: {reader.shape[1] == written}",
-        f"null model: lambda {result.null.lambda_remle[0]:.6g}, vg {result.null.s2_g[0]:.6g}, "
-        f"ve {result.null.s2_e[0]:.6g}, pve {result.null.pve[0]:.6g} (se {result.null.pve_se[0]:.6g})",
-        f"genomic inflation lambda_GC (p_wald): {genomic_inflation(result.columns['p_wald'][status == 'ok']):.4f}",
-        f"time: {time.perf_counter() - start:.1f} s",
-    ]
-    with open(args.out + ".log.txt", "w") as handle:
-        handle.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    if reader.shape[1] != written:
-        raise InputError(f"rows in ({reader.shape[1]}) != rows out ({written})")
+    print("\n".join(run_scan(_scan_config(args), on_chunk=_progress())))
     return 0
 
 
-class _RowSubset:
-    """Column-sliceable view of a genotype reader restricted to the analyzed samples."""
+def _grm(args) -> int:
+    from .io.kinship_files import write_kinship
+    from .pipeline import kinship_for, make_parent_folder, read_inputs
 
-    def __init__(self, reader, rows):
-        self.reader, self.rows = reader, rows
-        self.shape = (int(rows.sum()), reader.shape[1])
+    config = _scan_config(args)._replace(kinship=None, groups=None, covar=None)
+    inputs = read_inputs(config)
+    matrix, note = kinship_for(config, inputs)
+    path = config.out + (".cXX" if config.gk == 1 else ".sXX") + (".npy" if args.npy else ".txt")
+    make_parent_folder(path)
+    write_kinship(path, matrix)
+    print("\n".join([*inputs.notes, note, f"wrote {path} ({matrix.shape[0]} x {matrix.shape[1]})"]))
+    return 0
 
-    def __getitem__(self, index):
-        return self.reader[self.rows, index[1]]
+
+def _merge(args) -> int:
+    from .merge import merge_parts
+
+    print("\n".join(merge_parts(args.out)))
+    return 0
 
 
 def _demo(args) -> int:
@@ -93,6 +93,17 @@ def _demo(args) -> int:
 
     print(render())
     return 0
+
+
+def _input_flags(parser) -> None:
+    parser.add_argument("--config", help="TOML file of settings (flags override it)")
+    parser.add_argument("--bfile", help="PLINK prefix (.bed/.bim/.fam)")
+    parser.add_argument("--geno", help="BIMBAM mean-genotype file (plain or .gz)")
+    parser.add_argument("--pheno", help="phenotype table (BIMBAM with --geno; FID IID ... with --bfile)")
+    parser.add_argument("--anno", help="BIMBAM annotation file (rs, position, chromosome)")
+    parser.add_argument("--pheno-col", help="phenotype column: 1-based number (GEMMA -n) or name (default 1)")
+    parser.add_argument("--gk", type=int, choices=(1, 2), help="kinship: 1 centred (default), 2 standardized")
+    parser.add_argument("--out", help="output prefix")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,16 +115,29 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--ml", action="store_true", help="maximum likelihood instead of REML")
     fit.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
     fit.set_defaults(run=_fit)
-    scan = sub.add_parser("scan", help="variant scan of a PLINK fileset (GEMMA -lmm 4 tests)")
-    scan.add_argument("--bfile", required=True, help="PLINK prefix (.bed/.bim/.fam)")
-    scan.add_argument("--pheno-col", type=int, default=1, help="phenotype number in the .fam, 1 = column 6 (GEMMA -n)")
-    scan.add_argument("--kinship", help="n x n kinship (.npy or GEMMA text); computed (-gk 1) when absent")
-    scan.add_argument("--mode", choices=("exact", "null"), default="exact")
-    scan.add_argument("--chunk", type=int, default=512, help="variants per batch")
-    scan.add_argument("--min-maf", type=float, default=0.01)
-    scan.add_argument("--max-missing", type=float, default=0.05)
-    scan.add_argument("--out", required=True, help="output prefix: PREFIX.assoc.tsv and PREFIX.log.txt")
+    scan = sub.add_parser("scan", help="variant scan (GEMMA -lmm 4 tests) of PLINK or BIMBAM genotypes",
+                          description="Flags override the --config file; see configs/ for documented examples.")
+    _input_flags(scan)
+    scan.add_argument("--covar", help="covariate table (FID IID ...; BIMBAM rows with --geno)")
+    scan.add_argument("--kinship", help="n x n kinship (.npy or GEMMA text); computed (--gk) when absent")
+    scan.add_argument("--groups", help="column of the covariate/phenotype table fitted as (1|groups) instead")
+    scan.add_argument("--mode", choices=("exact", "null"), help="per-variant REML/ML (default) or null lambda")
+    scan.add_argument("--chunk", type=int, help="variants per batch (default 512)")
+    scan.add_argument("--min-maf", type=float, help="minor allele frequency filter (default 0.01)")
+    scan.add_argument("--max-missing", type=float, help="missing-call fraction filter (default 0.05)")
+    scan.add_argument("--max-iter", type=int, help="Newton iterations per variant (default 30)")
+    scan.add_argument("--rotation", choices=("float64", "float32"), help="genotype rotation precision")
+    scan.add_argument("--plots", action="store_true", help="also write PREFIX.manhattan.png and PREFIX.qq.png")
+    scan.add_argument("--resume", action="store_true", help="go on from the partial results of a killed run")
+    scan.add_argument("--part", help="i/n: scan the i-th of n contiguous shares (join them with jaxlmm merge)")
     scan.set_defaults(run=_scan)
+    grm = sub.add_parser("grm", help="kinship matrix (GEMMA -gk 1 centred / -gk 2 standardized)")
+    _input_flags(grm)
+    grm.add_argument("--npy", action="store_true", help="write PREFIX.cXX.npy (exact) instead of GEMMA text")
+    grm.set_defaults(run=_grm)
+    merge = sub.add_parser("merge", help="join PREFIX.part{i}of{n}.assoc.tsv of a --part run into PREFIX.assoc.tsv")
+    merge.add_argument("--out", required=True, help="the output prefix the parts were written with")
+    merge.set_defaults(run=_merge)
     demo = sub.add_parser("demo", help="the seed example: per-variant and full-model PVE tables")
     demo.set_defaults(run=_demo)
     return parser

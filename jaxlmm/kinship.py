@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .validate import InputError
+
 
 @jax.jit
 def _chunk_contribution(chunk, standardize):
@@ -37,14 +39,37 @@ def passing_variants(genotypes: np.ndarray, min_maf: float = 0.01, max_missing: 
 
 def relatedness(genotypes, variant_mask=None, standardize: bool = False, chunk_size: int = 2048) -> np.ndarray:
     """(n, n) relatedness from genotypes (n, M) array-like with column slicing; variant_mask (M,) selects variants."""
-    n, m = genotypes.shape
+    m = genotypes.shape[1]
     mask = np.ones(m, dtype=bool) if variant_mask is None else np.asarray(variant_mask, dtype=bool)
+    total, used = _accumulate(genotypes, lambda start, chunk: mask[start:start + chunk.shape[1]], standardize,
+                              chunk_size)
+    return total / used
+
+
+def filtered_relatedness(genotypes, analyzed, min_maf: float = 0.01, max_missing: float = 0.05,
+                         standardize: bool = False, chunk_size: int = 2048) -> tuple[np.ndarray, int]:
+    """GEMMA's ``-gk`` in one pass: variants pass :func:`passing_variants` on the analyzed samples' genotypes
+    (analyzed: (n,) bool), and the relatedness of all n samples is built from those. Returns (K (n, n), variants
+    used)."""
+    analyzed = np.asarray(analyzed, dtype=bool)
+    total, used = _accumulate(
+        genotypes, lambda start, chunk: passing_variants(chunk[analyzed], min_maf, max_missing), standardize,
+        chunk_size)
+    if used == 0:
+        raise InputError("no variant passes the kinship filters (min_maf, max_missing); cannot build a kinship")
+    return total / used, used
+
+
+def _accumulate(genotypes, keep_of_chunk, standardize, chunk_size) -> tuple[np.ndarray, int]:
+    """Sum of the chunks' contributions Xc Xc' over the kept variants, read one chunk at a time."""
+    n, m = genotypes.shape
+    used = 0
     with jax.enable_x64(True):
         total = jnp.zeros((n, n))
         for start in range(0, m, chunk_size):
-            keep = mask[start:start + chunk_size]
-            if not keep.any():
-                continue
-            chunk = np.asarray(genotypes[:, start:start + chunk_size], dtype=float)[:, keep]
-            total = total + _chunk_contribution(jnp.asarray(chunk), standardize)
-        return np.asarray(total) / mask.sum()
+            chunk = np.asarray(genotypes[:, start:start + chunk_size], dtype=float)
+            keep = keep_of_chunk(start, chunk)
+            if keep.any():
+                total = total + _chunk_contribution(jnp.asarray(chunk[:, keep]), standardize)
+                used += int(keep.sum())
+        return np.asarray(total), used

@@ -90,7 +90,7 @@ def test_cli_scan_writes_every_variant(fileset, tmp_path):
     assert len(table) == 80 and list(table.rs) == [f"snp{j}" for j in range(80)]
     assert table.status[5] == "monomorphic"
     log = open(out + ".log.txt").read()
-    assert "rows in == rows out: True" in log and f"{(~np.isnan(phenotype)).sum()} analyzed" in log
+    assert "rows in == rows out: True" in log and f"samples analyzed: {(~np.isnan(phenotype)).sum()} of" in log
     # same numbers as the library call
     keep = ~np.isnan(phenotype)
     sub = genotypes[keep]

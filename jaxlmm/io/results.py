@@ -1,16 +1,29 @@
-"""Writing scan results: GEMMA-style association table and a run log."""
+"""Writing scan results: the GEMMA-style association table, chunk by chunk, resumable.
+
+Table columns: GEMMA's ``-lmm 4`` names (``chr rs ps n_miss allele1 allele0 af beta se logl_H1 l_remle l_mle p_wald
+p_lrt p_score``), then ours (:data:`EXTRA_COLUMNS`); one row per input variant, in input order, with a status.
+
+Crash safety (:class:`ResumableTable`): rows go to ``PATH.partial``; after every chunk the file is flushed to disk
+and ``PATH.resume.json`` (rows and bytes committed, plus a fingerprint of the run's inputs and settings) is replaced
+atomically. A killed run leaves at most an uncommitted tail, which a resumed run cuts off before going on from the
+last committed row; the finished table is renamed to ``PATH`` only when complete, so ``PATH`` is never half written.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 
 import numpy as np
 
-# GEMMA's -lmm 4 columns, then ours
+from ..validate import InputError
+
 GEMMA_COLUMNS = ("chr", "rs", "ps", "n_miss", "allele1", "allele0", "af", "beta", "se", "logl_H1", "l_remle",
                  "l_mle", "p_wald", "p_lrt", "p_score")
 EXTRA_COLUMNS = ("s2_g", "s2_e", "logl_remle", "logl_mle", "wald", "pve", "converged", "iterations", "status")
+HEADER = "\t".join(GEMMA_COLUMNS + EXTRA_COLUMNS) + "\n"
+_SCAN_NAME = {"l_remle": "lambda_remle", "l_mle": "lambda_mle"}  # GEMMA's names for our scan columns
 
 
 def genomic_inflation(p_values: np.ndarray) -> float:
@@ -24,30 +37,94 @@ def genomic_inflation(p_values: np.ndarray) -> float:
     return z * z / 0.45493642311957283
 
 
-def write_assoc(path, columns: dict, bim) -> int:
-    """Write the association table atomically (temporary file, then rename). Returns the number of rows."""
-    rows = len(columns["variant"])
-    table = {
-        "chr": np.asarray(bim.chrom), "rs": columns["variant"], "ps": np.asarray(bim.pos),
-        "n_miss": columns["n_miss"], "allele1": np.asarray(bim.allele1), "allele0": np.asarray(bim.allele0),
-        "af": columns["af"], "beta": columns["beta"], "se": columns["se"], "logl_H1": columns["logl_H1"],
-        "l_remle": columns["lambda_remle"], "l_mle": columns["lambda_mle"], "p_wald": columns["p_wald"],
-        "p_lrt": columns["p_lrt"], "p_score": columns["p_score"],
-        **{k: columns[k] for k in EXTRA_COLUMNS},
-    }
-    directory = os.path.dirname(os.path.abspath(path))
-    with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as handle:
-        handle.write("\t".join(table) + "\n")
-        for i in range(rows):
-            handle.write("\t".join(_format(table[k][i]) for k in table) + "\n")
-        temporary = handle.name
-    os.replace(temporary, path)
-    return rows
+def format_rows(columns: dict, bim, variants: slice) -> str:
+    """Table rows for variants ``variants`` of the genotype file: columns name -> (b,) scan values (one phenotype),
+    bim the variant annotation (a :class:`jaxlmm.io.plink.Bim`)."""
+    annotation = {"chr": bim.chrom, "rs": bim.rsid, "ps": bim.pos, "allele1": bim.allele1, "allele0": bim.allele0}
+    text_columns = []
+    for name in GEMMA_COLUMNS + EXTRA_COLUMNS:
+        if name in annotation:
+            text_columns.append([str(v) for v in np.asarray(annotation[name])[variants]])
+        else:
+            text_columns.append(_format_column(np.asarray(columns[_SCAN_NAME.get(name, name)])))
+    return "".join("\t".join(row) + "\n" for row in zip(*text_columns))
 
 
-def _format(value) -> str:
-    if isinstance(value, (float, np.floating)):
-        return "nan" if np.isnan(value) else f"{value:.6e}"
-    if isinstance(value, (bool, np.bool_)):
-        return "1" if value else "0"
-    return str(value)
+def _format_column(values: np.ndarray) -> list:
+    if values.dtype == bool:
+        return ["1" if v else "0" for v in values]
+    if np.issubdtype(values.dtype, np.integer) or values.dtype.kind in "US":
+        return [str(v) for v in values]
+    return [f"{v:.6e}" for v in values.astype(float)]
+
+
+class ResumableTable:
+    """An association table written chunk by chunk (see module docstring).
+
+    path: final table; fingerprint: JSON-able description of inputs and settings (a resumed run must match it);
+    resume: go on from a committed partial table when there is one.
+    ``committed_rows`` is where writing starts; ``append`` adds a chunk; ``finish`` publishes the table.
+    """
+
+    def __init__(self, path, fingerprint, resume: bool):
+        self.path, self.partial, self.state = str(path), str(path) + ".partial", str(path) + ".resume.json"
+        self.fingerprint = fingerprint
+        self.resumed_from = 0
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(directory):
+            raise InputError(f"cannot write {self.path}: folder {directory} does not exist")
+        previous = self._read_state() if resume else None
+        try:
+            if previous is not None:
+                self.handle = open(self.partial, "r+b")
+                self.handle.truncate(previous["bytes"])  # drop a chunk written after the last commit
+                self.handle.seek(previous["bytes"])
+                self.resumed_from = self.committed_rows = previous["rows"]
+            else:
+                self.handle = open(self.partial, "wb")
+                self.handle.write(HEADER.encode())
+                self.committed_rows = 0
+                self._commit()
+        except OSError as err:
+            raise InputError(f"cannot write {self.partial}: {err}") from None
+
+    def _read_state(self):
+        try:
+            with open(self.state) as handle:
+                state = json.load(handle)
+            size = os.path.getsize(self.partial)
+        except (OSError, ValueError):
+            return None
+        if state.get("fingerprint") != self.fingerprint:
+            raise InputError(f"{self.state}: the partial results were made with other inputs or settings; "
+                             "run without --resume to start again")
+        return state if size >= state["bytes"] else None
+
+    def _commit(self):
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        state = {"fingerprint": self.fingerprint, "rows": self.committed_rows, "bytes": self.handle.tell()}
+        directory = os.path.dirname(os.path.abspath(self.state))
+        with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as handle:
+            json.dump(state, handle)
+        os.replace(handle.name, self.state)
+
+    def append(self, text: str, rows: int) -> None:
+        self.handle.write(text.encode())
+        self.committed_rows += rows
+        self._commit()
+
+    def finish(self) -> int:
+        """Publish the complete table at ``path``; returns its number of rows."""
+        self.handle.close()
+        os.replace(self.partial, self.path)
+        os.remove(self.state)
+        return self.committed_rows
+
+
+def read_table(path):
+    """The association table as a pandas DataFrame (chr and rs as text)."""
+    import pandas as pd
+
+    return pd.read_csv(path, sep="\t", dtype={"chr": str, "rs": str, "allele1": str, "allele0": str,
+                                               "status": str}, keep_default_na=False, na_values=["nan"])

@@ -1,0 +1,131 @@
+"""Run settings for ``jaxlmm scan`` and ``jaxlmm grm``: one typed record, filled from defaults, then a TOML file,
+then command-line flags (each later source overrides the earlier).
+
+A TOML file holds the keys of :data:`SCAN_KEYS` at its top level (``configs/`` has documented examples). Paths in a
+TOML file are relative to the file's own folder; paths given as flags are relative to the working directory. An
+unknown key or a value of the wrong type is an error naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from typing import NamedTuple
+
+from .validate import InputError
+
+
+class ScanConfig(NamedTuple):
+    """Inputs: ``bfile`` (PLINK prefix) or ``geno`` + ``pheno`` (+ ``anno``) for BIMBAM; ``pheno`` with ``bfile``
+    is a FID/IID table replacing the .fam's phenotypes. ``pheno_col``: 1-based number (GEMMA ``-n``) or name.
+    ``covar``: covariate table (FID/IID, or BIMBAM rows); constant columns stand for the intercept, which is always
+    fitted. ``kinship``: GEMMA text or .npy (n x n in genotype-file sample order); computed with ``gk`` (1 centred,
+    2 standardized) when absent. ``groups``: a column of the covariate or phenotype table, fitted as ``(1|group)``
+    instead of a kinship. Outputs go to ``out`` + ``.assoc.tsv`` / ``.log.txt`` / ``.manhattan.png`` /
+    ``.qq.png``."""
+
+    bfile: str | None = None
+    geno: str | None = None
+    pheno: str | None = None
+    anno: str | None = None
+    pheno_col: int | str = 1
+    covar: str | None = None
+    kinship: str | None = None
+    groups: str | None = None
+    gk: int = 1
+    mode: str = "exact"
+    out: str | None = None
+    chunk: int = 512
+    min_maf: float = 0.01
+    max_missing: float = 0.05
+    max_iter: int = 30
+    rotation: str = "float64"
+    plots: bool = False
+    resume: bool = False
+    part: str | None = None
+
+
+SCAN_KEYS = ScanConfig._fields
+PATH_KEYS = ("bfile", "geno", "pheno", "anno", "covar", "kinship", "out")
+_TYPES = {
+    "bfile": (str,), "geno": (str,), "pheno": (str,), "anno": (str,), "pheno_col": (int, str), "covar": (str,),
+    "kinship": (str,), "groups": (str,), "gk": (int,), "mode": (str,), "out": (str,), "chunk": (int,),
+    "min_maf": (float, int), "max_missing": (float, int), "max_iter": (int,), "rotation": (str,), "plots": (bool,),
+    "resume": (bool,), "part": (str,),
+}
+_CHOICES = {"mode": ("exact", "null"), "rotation": ("float64", "float32"), "gk": (1, 2)}
+
+
+def load_toml(path) -> dict:
+    """Settings from a TOML file, type-checked, with paths made relative to the working directory."""
+    try:
+        with open(path, "rb") as handle:
+            raw = tomllib.load(handle)
+    except OSError as err:
+        raise InputError(f"cannot read config {path}: {err}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise InputError(f"{path}: not valid TOML: {err}") from None
+    base = os.path.dirname(os.path.abspath(path))
+    settings = {}
+    for key, value in raw.items():
+        if key not in _TYPES:
+            raise InputError(f"{path}: unknown key {key!r} (known keys: {', '.join(SCAN_KEYS)})")
+        settings[key] = _checked(key, value, f"{path}: key {key!r}")
+        if key in PATH_KEYS:
+            settings[key] = os.path.normpath(os.path.join(base, settings[key]))
+    return settings
+
+
+def _checked(key, value, where):
+    types = _TYPES[key]
+    if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+        names = " or ".join({int: "integer", float: "number", str: "string", bool: "true/false"}[t] for t in types)
+        raise InputError(f"{where} must be a {names}, got {value!r}")
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise InputError(f"{where} must be one of {', '.join(map(str, _CHOICES[key]))}, got {value!r}")
+    return float(value) if float in types and not isinstance(value, str) else value
+
+
+def scan_config(toml_path=None, **flags) -> ScanConfig:
+    """Defaults, overridden by the TOML file, overridden by flags that are not None; then checked as a whole."""
+    settings = load_toml(toml_path) if toml_path else {}
+    for key, value in flags.items():
+        if value is not None:
+            settings[key] = _checked(key, value, f"--{key.replace('_', '-')}")
+    config = ScanConfig(**settings)
+    if isinstance(config.pheno_col, str) and config.pheno_col.isdigit():
+        config = config._replace(pheno_col=int(config.pheno_col))
+    return _consistent(config)
+
+
+def _consistent(config: ScanConfig) -> ScanConfig:
+    if (config.bfile is None) == (config.geno is None):
+        raise InputError("give the genotypes either as bfile (PLINK prefix) or as geno (BIMBAM file), not both")
+    if config.geno is not None and config.pheno is None:
+        raise InputError("a BIMBAM geno file needs its pheno file (one row per sample, in genotype order)")
+    if config.kinship is not None and config.groups is not None:
+        raise InputError("give either a kinship or a groups column for the random effect, not both")
+    if config.out is None:
+        raise InputError("no output prefix: give --out PREFIX (or out = \"...\" in the config)")
+    if config.chunk < 1:
+        raise InputError(f"chunk must be a positive number of variants, got {config.chunk}")
+    if not 0 <= config.min_maf < 0.5:
+        raise InputError(f"min_maf must be in [0, 0.5), got {config.min_maf}")
+    if not 0 <= config.max_missing <= 1:
+        raise InputError(f"max_missing must be in [0, 1], got {config.max_missing}")
+    if config.max_iter < 1:
+        raise InputError(f"max_iter must be at least 1, got {config.max_iter}")
+    if config.part is not None:
+        part_share(config.part)
+    return config
+
+
+def part_share(part: str) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n) with 1 <= i <= n."""
+    try:
+        i, n = (int(x) for x in part.split("/"))
+    except ValueError:
+        raise InputError(f"part must look like i/n (e.g. 3/10), got {part!r}") from None
+    if not 1 <= i <= n:
+        raise InputError(f"part {part!r}: need 1 <= i <= n")
+    return i, n
