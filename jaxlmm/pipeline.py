@@ -209,6 +209,7 @@ def run_scan(config: ScanConfig, on_chunk: Callable[[int, int], None] | None = N
         if on_chunk is not None:
             on_chunk(table.committed_rows, stop - start)
     written = table.finish()
+    prefix = path[: -len(".assoc.tsv")]  # out, or out.part{i}of{n}
     null = prepared.null
     results = read_table(path)
     ok = results["status"] == "ok"
@@ -226,10 +227,9 @@ def run_scan(config: ScanConfig, on_chunk: Callable[[int, int], None] | None = N
     if config.plots:
         from .plots import manhattan, qq
 
-        lines.append(f"plots: {manhattan(results, config.out + '.manhattan.png')}, "
-                     f"{qq(results, config.out + '.qq.png')}")
+        lines.append(f"plots: {manhattan(results, prefix + '.manhattan.png')}, {qq(results, prefix + '.qq.png')}")
     lines.append(f"time: {time.perf_counter() - began:.1f} s")
-    log_path = path[: -len(".assoc.tsv")] + ".log.txt"
+    log_path = prefix + ".log.txt"
     try:
         with open(log_path, "w") as handle:
             handle.write("\n".join(lines) + "\n")

@@ -1,0 +1,151 @@
+"""Readers and writers on edge cases: .bed sample counts not a multiple of 4 with missing calls, BIMBAM (plain,
+gzipped, comma or space separated, NA), phenotype/covariate tables and ID matching, kinship files, the resumable
+table."""
+
+import gzip
+
+import numpy as np
+import pytest
+
+from jaxlmm import InputError
+from jaxlmm.io import tables
+from jaxlmm.io.bimbam import BimbamReader
+from jaxlmm.io.kinship_files import read_kinship, write_kinship
+from jaxlmm.io.plink import BedReader
+from jaxlmm.io.results import HEADER, ResumableTable
+from test_plink_and_cli_scan import write_plink
+
+
+@pytest.mark.parametrize("n", [1, 5, 6, 7, 8, 13])
+def test_bed_any_sample_count_with_missing_calls(tmp_path, rng, n):
+    genotypes = rng.integers(0, 3, size=(n, 9)).astype(float)
+    genotypes[rng.random((n, 9)) < 0.2] = np.nan
+    write_plink(tmp_path / "g", genotypes, np.ones(n))
+    reader = BedReader(tmp_path / "g")
+    assert reader.shape == (n, 9)
+    np.testing.assert_array_equal(reader[:, :], genotypes)
+    np.testing.assert_array_equal(reader[:, 3:7], genotypes[:, 3:7])
+    rows = np.arange(n) % 2 == 0
+    np.testing.assert_array_equal(reader[rows, 2:5], genotypes[rows][:, 2:5])
+
+
+def _write_bimbam(path, dosages, names, separator=", ", compress=False):
+    lines = []
+    for j, name in enumerate(names):
+        values = ["NA" if np.isnan(v) else f"{v:g}" for v in dosages[:, j]]
+        lines.append(separator.join([name, "A", "T", *values]) + "\n")
+    opener = gzip.open if compress else open
+    with opener(path, "wt") as handle:
+        handle.writelines(lines)
+
+
+@pytest.mark.parametrize("separator,compress", [(", ", False), (" ", True), ("\t", False), (",", True)])
+def test_bimbam_reads_what_was_written(tmp_path, rng, separator, compress):
+    dosages = rng.uniform(0, 2, size=(11, 23)).round(3)
+    dosages[rng.random(dosages.shape) < 0.1] = np.nan
+    names = [f"rs{j}" for j in range(23)]
+    path = tmp_path / ("g.txt.gz" if compress else "g.txt")
+    _write_bimbam(path, dosages, names, separator, compress)
+    (tmp_path / "a.txt").write_text("".join(f"rs{j}\t{100 * j}\t{1 + j // 10}\n" for j in range(0, 23, 2)))
+    reader = BimbamReader(path, tmp_path / "a.txt")
+    assert reader.shape == (11, 23)
+    np.testing.assert_array_equal(reader[:, :], dosages)
+    # chunks in order, out of order and after a rewind all agree
+    for start, stop in [(0, 5), (5, 12), (2, 9), (20, 23), (0, 23)]:
+        np.testing.assert_array_equal(reader[:, start:stop], dosages[:, start:stop])
+    assert list(reader.bim.rsid) == names
+    assert reader.bim.pos[2] == 200 and reader.bim.chrom[12] == "2"
+    assert reader.bim.pos[1] == -9 and reader.bim.chrom[1] == "-9"  # not in the annotation file, as GEMMA prints
+
+
+def test_bimbam_bad_lines_are_named(tmp_path):
+    path = tmp_path / "g.txt"
+    path.write_text("rs1, A, T, 0, 1, 2\nrs2, A, T, 0, 1\n")
+    with pytest.raises(InputError, match=r"g.txt: line 2 has 5 fields, expected 6"):
+        BimbamReader(path)
+    path.write_text("rs1, A, T, 0, 1, 2\nrs2, A, T, 0, x1, 2\n")
+    reader = BimbamReader(path)
+    with pytest.raises(InputError, match=r"line 2, field 5: 'x1' is not a number"):
+        reader[:, 0:2]
+    path.write_text("\n")
+    with pytest.raises(InputError, match="no genotype lines"):
+        BimbamReader(path)
+    (tmp_path / "t.gz").write_bytes(gzip.compress(b"rs1, A, T, 0, 1, 2\n" * 50)[:40])  # truncated
+    with pytest.raises(InputError, match="t.gz"):
+        BimbamReader(tmp_path / "t.gz")
+
+
+def test_tables_columns_by_number_and_name(tmp_path):
+    (tmp_path / "p.txt").write_text("FID IID height weight\nf1 a 1.5 NA\nf1 b 2.5 70\nf2 c -9 80\n")
+    table = tables.read_id_table(tmp_path / "p.txt")
+    assert table.names == ("height", "weight")
+    np.testing.assert_array_equal(tables.numeric_column(table, 2), [np.nan, 70, 80])
+    np.testing.assert_array_equal(tables.numeric_column(table, "height", tables.PHENOTYPE_MISSING), [1.5, 2.5, np.nan])
+    np.testing.assert_array_equal(tables.numeric_column(table, "2"), tables.numeric_column(table, "weight"))
+    with pytest.raises(InputError, match="no column named 'bmi'"):
+        tables.column_index(table, "bmi")
+    with pytest.raises(InputError, match="out of range 1..2"):
+        tables.column_index(table, 3)
+    (tmp_path / "q.txt").write_text("f1 a 1 x\n")  # no header: columns by number
+    headless = tables.read_id_table(tmp_path / "q.txt")
+    assert headless.names == ("col1", "col2")
+    assert tables.label_column(headless, 2)[0] == "x"
+    with pytest.raises(InputError, match=r"q.txt: line 1, column 'col2': 'x' is not a number"):
+        tables.numeric_column(headless, 2)
+
+
+def test_fam_phenotype_columns_count_as_gemma_n(tmp_path):
+    (tmp_path / "g.fam").write_text("f a 0 0 1 1.0 10\nf b 0 0 2 -9 20\nf c 0 0 1 NA 30\n")
+    table = tables.read_fam_table(tmp_path / "g.fam")
+    np.testing.assert_array_equal(tables.numeric_column(table, 1, tables.PHENOTYPE_MISSING), [1.0, np.nan, np.nan])
+    np.testing.assert_array_equal(tables.numeric_column(table, 2, tables.PHENOTYPE_MISSING), [10, 20, 30])
+
+
+def test_sample_matching_across_files(tmp_path):
+    fid, iid = np.array(["f", "f", "g"]), np.array(["a", "b", "c"])
+    (tmp_path / "p.txt").write_text("FID IID y\ng c 3\nf a 1\nh z 9\n")  # b missing, z extra, other order
+    rows = tables.match_samples(fid, iid, tables.read_id_table(tmp_path / "p.txt"))
+    np.testing.assert_array_equal(rows, [1, -1, 0])
+    (tmp_path / "none.txt").write_text("FID IID y\nx y 1\n")
+    with pytest.raises(InputError, match="none of its 1 samples"):
+        tables.match_samples(fid, iid, tables.read_id_table(tmp_path / "none.txt"))
+    (tmp_path / "dup.txt").write_text("FID IID y\nf a 1\nf a 2\n")
+    with pytest.raises(InputError, match="line 3: sample f a appears more than once"):
+        tables.read_id_table(tmp_path / "dup.txt")
+    (tmp_path / "b.txt").write_text("1\n2\n")
+    with pytest.raises(InputError, match="2 rows, but the genotype file has 3 samples"):
+        tables.match_samples(fid, iid, tables.read_bimbam_table(tmp_path / "b.txt"))
+
+
+def test_kinship_files_round_trip(tmp_path, rng):
+    W = rng.normal(size=(6, 9))
+    K = W @ W.T / 9
+    write_kinship(tmp_path / "k.cXX.txt", K)
+    write_kinship(tmp_path / "k.npy", K)
+    np.testing.assert_allclose(read_kinship(tmp_path / "k.cXX.txt"), K, rtol=1e-9)
+    np.testing.assert_array_equal(read_kinship(tmp_path / "k.npy"), K)
+    assert (tmp_path / "k.cXX.txt").read_text().count("\n") == 6
+    (tmp_path / "bad.txt").write_text("1 0\n0 1 2\n")
+    with pytest.raises(InputError, match="row 2 has 3 values"):
+        read_kinship(tmp_path / "bad.txt")
+    (tmp_path / "rect.txt").write_text("1 0 0\n0 1 0\n")
+    with pytest.raises(InputError, match="must be square"):
+        read_kinship(tmp_path / "rect.txt")
+
+
+def test_resumable_table_drops_an_uncommitted_tail(tmp_path):
+    path = tmp_path / "r.assoc.tsv"
+    table = ResumableTable(path, {"inputs": 1}, resume=False)
+    table.append("row1\nrow2\n", 2)
+    table.handle.write(b"half a chunk wri")  # killed before the commit
+    table.handle.flush()
+    again = ResumableTable(path, {"inputs": 1}, resume=True)
+    assert again.resumed_from == 2
+    again.append("row3\n", 1)
+    assert again.finish() == 3
+    assert path.read_text() == HEADER + "row1\nrow2\nrow3\n"
+    assert not (tmp_path / "r.assoc.tsv.partial").exists() and not (tmp_path / "r.assoc.tsv.resume.json").exists()
+    other = ResumableTable(tmp_path / "s.assoc.tsv", {"inputs": 1}, resume=False)
+    other.append("x\n", 1)
+    with pytest.raises(InputError, match="other inputs or settings"):
+        ResumableTable(tmp_path / "s.assoc.tsv", {"inputs": 2}, resume=True)
