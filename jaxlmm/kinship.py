@@ -7,6 +7,8 @@ mean-imputed first). Standardized (``-gk 2``): each centred variant also divided
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,7 +33,8 @@ def passing_variants(genotypes: np.ndarray, min_maf: float = 0.01, max_missing: 
     Counted-allele frequency in [min_maf, 1 - min_maf] (GEMMA filters both sides) and missing fraction at most
     max_missing.
     """
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():  # an all-missing variant has no mean: NaN, and it fails the filters
+        warnings.simplefilter("ignore", RuntimeWarning)
         frequency = np.nanmean(genotypes, axis=0) / 2
     missing = np.isnan(genotypes).mean(axis=0)
     return (frequency >= min_maf) & (frequency <= 1 - min_maf) & (missing <= max_missing)

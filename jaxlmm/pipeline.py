@@ -24,6 +24,7 @@ from .io.plink import BedReader
 from .io.results import ResumableTable, format_rows, genomic_inflation, read_table
 from .kinship import filtered_relatedness
 from .scan import prepare_scan, scan_chunks
+from . import validate
 from .validate import InputError
 
 
@@ -32,7 +33,7 @@ class Inputs(NamedTuple):
 
     genotypes: reader with ``shape`` (n_all, M) and ``[rows, a:b]``; bim: variant annotation
     analyzed: (n_all,) bool, samples in the analysis; y: (n,) phenotype of the analyzed samples
-    covariates: (n, c0) or None (constant columns removed: the intercept is always fitted)
+    covariates: (n, c0) or None (constant columns removed: the intercept is always fitted); covariate_names (c0,)
     groups: (n,) labels or None; notes: lines for the log (sample counts, dropped columns)
     """
 
@@ -42,6 +43,7 @@ class Inputs(NamedTuple):
     y: np.ndarray
     covariates: np.ndarray | None
     groups: np.ndarray | None
+    covariate_names: tuple
     notes: tuple
 
 
@@ -60,17 +62,22 @@ def read_inputs(config: ScanConfig) -> Inputs:
         pheno_table = tables.read_bimbam_table(config.pheno)
         read_other = tables.read_bimbam_table
     n_all = genotypes.shape[0]
+    pairs = list(zip(fid, iid))
+    if len(set(pairs)) != n_all:
+        duplicate = next(i for i, pair in enumerate(pairs) if pairs.index(pair) != i)
+        raise InputError(f"{config.bfile}.fam: line {duplicate + 1}: sample {fid[duplicate]} {iid[duplicate]} "
+                         "appears more than once")
     notes = [f"samples in genotype file: {n_all}"]
     pheno_rows = tables.match_samples(fid, iid, pheno_table)
     y_all = _on_samples(tables.numeric_column(pheno_table, config.pheno_col, tables.PHENOTYPE_MISSING), pheno_rows)
     notes.append(f"phenotype {config.pheno_col!s} from {pheno_table.path}: {int((pheno_rows >= 0).sum())} samples "
                  f"matched, {int(np.isnan(y_all).sum())} without a value")
     keep = ~np.isnan(y_all)
-    covariates, covar_table = None, None
+    covariates, covar_table, kept_names = None, None, []
     if config.covar:
         covar_table = read_other(config.covar)
         covar_rows = tables.match_samples(fid, iid, covar_table)
-        columns, kept_names = [], []
+        columns = []
         for j, name in enumerate(covar_table.names):
             values = _on_samples(tables.numeric_column(covar_table, j + 1), covar_rows)
             finite = values[~np.isnan(values)]
@@ -99,7 +106,7 @@ def read_inputs(config: ScanConfig) -> Inputs:
     notes.append(f"samples analyzed: {int(keep.sum())} of {n_all}")
     return Inputs(genotypes, genotypes.bim, keep, y_all[keep],
                   None if covariates is None else covariates[keep], None if groups is None else groups[keep],
-                  tuple(notes))
+                  tuple(kept_names), tuple(notes))
 
 
 def _on_samples(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -128,6 +135,7 @@ def kinship_for(config: ScanConfig, inputs: Inputs) -> tuple[np.ndarray, str]:
         if matrix.shape[0] != n_all:
             raise InputError(f"{config.kinship}: {matrix.shape[0]} x {matrix.shape[0]} kinship, but the genotype "
                              f"file has {n_all} samples (a kinship covers all of them, in their order)")
+        matrix = validate.kinship(matrix, n_all, name=config.kinship, atol=1e-6, check_psd=False)
         return matrix, f"kinship: {config.kinship}"
     matrix, used = filtered_relatedness(inputs.genotypes, inputs.analyzed, config.min_maf, config.max_missing,
                                         standardize=config.gk == 2)
@@ -190,9 +198,14 @@ def run_scan(config: ScanConfig, on_chunk: Callable[[int, int], None] | None = N
         kinship, note = kinship_for(config, inputs)
         random = {"kinship": kinship[np.ix_(inputs.analyzed, inputs.analyzed)]}
         lines.append(note)
-    prepared = prepare_scan(inputs.y, inputs.covariates, mode=config.mode, chunk_size=config.chunk,
-                            min_maf=config.min_maf, max_missing=config.max_missing, max_iter=config.max_iter,
-                            rotation_dtype=jnp.dtype(config.rotation), **random)
+    try:
+        prepared = prepare_scan(inputs.y, inputs.covariates, mode=config.mode, chunk_size=config.chunk,
+                                min_maf=config.min_maf, max_missing=config.max_missing, max_iter=config.max_iter,
+                                rotation_dtype=jnp.dtype(config.rotation),
+                                covariate_names=inputs.covariate_names or None, **random)
+    except InputError as err:  # name the files the model came from
+        sources = [config.bfile or config.geno, config.pheno, config.covar, config.kinship]
+        raise InputError(f"{', '.join(filter(None, sources))}: {err}") from None
     m = inputs.genotypes.shape[1]
     start, stop = variant_range(config, m, prepared.chunk_size)
     path = output_path(config)

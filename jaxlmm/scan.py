@@ -363,9 +363,10 @@ def prepare_scan(
     max_iter: int = 30,
     center_kinship: bool = True,
     rotation_dtype=jnp.float64,
+    covariate_names=None,
 ) -> PreparedScan:
     """Validate the model without variants, decompose its kernel and fit the null models (arguments as in
-    :func:`scan`)."""
+    :func:`scan`; covariate_names (c0,) name the covariate columns in messages)."""
     if mode not in ("exact", "null"):
         raise validate.InputError(f"mode must be 'exact' or 'null', got {mode!r}")
     if int(chunk_size) < 1:
@@ -377,17 +378,18 @@ def prepare_scan(
     n = Y.shape[0]
     cov = np.zeros((n, 0)) if covariates is None else np.asarray(covariates, dtype=float)
     cov = cov[:, None] if cov.ndim == 1 else cov
-    names = [f"covariate{j + 1}" for j in range(cov.shape[1])]
+    names = (list(covariate_names) if covariate_names is not None
+             else [f"covariate{j + 1}" for j in range(cov.shape[1])])
     if intercept:
         cov, names = np.c_[np.ones(n), cov], ["(Intercept)", *names]
-    cov = validate.design(cov, n, names, what="covariates")
-    if cov.shape[1] + 1 >= n:
+    if cov.ndim == 2 and cov.shape[1] + 1 >= n:
         raise validate.InputError(f"{cov.shape[1]} covariates and a variant leave no residual degrees of freedom "
                                   f"with {n} samples")
+    cov = validate.design(cov, n, names, what="covariates")
     if (kinship is None) == (groups is None):
         raise validate.InputError("give exactly one random effect: kinship= or groups=")
     if kinship is not None:
-        K = validate.kinship(kinship, n)
+        K = validate.kinship(kinship, n, check_psd=False)  # tested on the eigenvalues of its decomposition
         term = structure.kinship_term(center(K) if center_kinship else K)
     else:
         term = structure.group_term(validate.groups(groups, n, "groups"))

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import validate
+
 from .likelihood import SpectralData
 
 # Eigenvalues below this fraction of the largest are treated as exact zeros (rounding noise of a PSD matrix).
@@ -115,6 +117,7 @@ def spectral_basis(term: RandomTerm):
         sizes = np.bincount(term.group_codes, minlength=len(term.levels)).astype(float)
         return GroupBasis(jnp.asarray(term.group_codes), jnp.asarray(sizes))
     values, vectors = np.linalg.eigh(kernel(term))
+    validate.positive_semidefinite(values, term.name)
     keep = values > EIGENVALUE_RTOL * max(values.max(), 0.0)
     return EigenBasis(jnp.asarray(vectors[:, keep]), jnp.asarray(values[keep]))
 

@@ -104,8 +104,11 @@ def groups(labels, n: int, name: str) -> np.ndarray:
     return labels
 
 
-def kinship(K, n: int, name: str = "kinship", atol: float = 1e-8) -> np.ndarray:
-    """A relationship matrix: finite, square (n, n), symmetric and positive semi-definite up to rounding."""
+def kinship(K, n: int, name: str = "kinship", atol: float = 1e-8, check_psd: bool = True) -> np.ndarray:
+    """A relationship matrix: finite, square (n, n), symmetric and positive semi-definite up to rounding.
+
+    check_psd=False skips the eigenvalue test for callers that decompose K anyway and test its eigenvalues there
+    (:func:`positive_semidefinite`), saving a second O(n^3) decomposition."""
     try:
         K = np.asarray(K, dtype=float)
     except (TypeError, ValueError) as err:
@@ -125,10 +128,17 @@ def kinship(K, n: int, name: str = "kinship", atol: float = 1e-8) -> np.ndarray:
             f"{name} is not symmetric: entry ({i + 1}, {j + 1}) is {K[i, j]!r} but ({j + 1}, {i + 1}) is {K[j, i]!r}"
         )
     K = 0.5 * (K + K.T)
-    smallest = np.linalg.eigvalsh(K)[0]
+    if check_psd:
+        positive_semidefinite(np.linalg.eigvalsh(K), name)
+    return K
+
+
+def positive_semidefinite(eigenvalues: np.ndarray, name: str) -> None:
+    """Raise unless the smallest eigenvalue is >= -1e-6 times the largest magnitude (rounding)."""
+    scale = max(np.abs(eigenvalues).max(initial=0.0), 1.0)
+    smallest = eigenvalues.min(initial=0.0)
     if smallest < -1e-6 * scale:
         raise InputError(f"{name} is not positive semi-definite: its smallest eigenvalue is {smallest:.3g}")
-    return K
 
 
 def relationship(Z, G, n: int, name: str) -> tuple[np.ndarray, np.ndarray]:
