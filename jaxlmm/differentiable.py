@@ -63,12 +63,13 @@ import numpy as np
 
 from . import structure
 from .estimates import fixed_effects
-from .fit import BOUNDARY_CANDIDATE_RATIO, FLAT_CURVATURE, _OBJECTIVES
-from .likelihood import DenseData, dense_stats, gls, profiled_criterion_from_stats, residual_df, spectral_stats
+from .fit import BOUNDARY_CANDIDATE_RATIO, FLAT_CURVATURE
+from .likelihood import DenseData, METHODS, dense_stats, gls, profiled_criterion_from_stats, spectral_stats
 from .optimize import DEFAULT_FTOL, DEFAULT_MAX_ITER, minimize, ratios_from_params
 
 DEFAULT_GTOL = 1e-9  # max |dF/dt| at which L-BFGS stops; Newton polish steps then take t* to rounding level
 POLISH_STEPS = 2
+POLISH_STEP = 1e-4  # log-ratio step of the difference Jacobian used by the polish
 START_LOG_RATIOS = np.log([1e-3, 1e-2, 1e-1, 1.0, 1e1, 1e2, 1e3])  # common start grid for all components
 
 
@@ -115,38 +116,66 @@ class _Search(NamedTuple):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# objectives: the method is a traced flag, so REML and ML fits share one compiled program
+
+
+def _profiled(stats, n, reml):
+    """Profiled REML criterion (reml True) or ML deviance from the weighted statistics."""
+    return jnp.where(reml, profiled_criterion_from_stats(stats, n, "REML"), profiled_criterion_from_stats(stats, n, "ML"))
+
+
+def _dense_objective(ratios, data: DenseData, reml):
+    return _profiled(dense_stats(ratios, data), data.y.shape[0], reml)
+
+
+def _spectral_objective(ratios, data, reml):
+    return _profiled(spectral_stats(ratios[0], data), data.n, reml)
+
+
+def _residual_variance(stats, n, reml):
+    """Profiled ``s2_e = q / df``, df = n - p (REML) or n (ML), q the weighted residual sum of squares."""
+    return gls(stats).q / jnp.where(reml, n - stats.xhy.shape[0], n)
+
+
+def _reml_flag(method: str):
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return jnp.asarray(method == "REML")
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # search (no derivatives): start grid, L-BFGS, active set for boundaries
 
 
-def _start(objective, data, k: int) -> jnp.ndarray:
+def _start(objective, args, k: int) -> jnp.ndarray:
     """(k,) starting log ratios: the best common ratio of START_LOG_RATIOS for all components."""
-    grid = jnp.asarray(START_LOG_RATIOS, dtype=data[0].dtype)
-    values = jax.vmap(lambda t: objective(jnp.full((k,), jnp.exp(t)), data))(grid)
+    grid = jnp.asarray(START_LOG_RATIOS, dtype=args[0][0].dtype)
+    values = jax.vmap(lambda t: objective(jnp.full((k,), jnp.exp(t)), *args))(grid)
     values = jnp.where(jnp.isfinite(values), values, jnp.inf)
     return jnp.full((k,), grid[jnp.argmin(values)])
 
 
-def _boundary_moves(objective, data, params, free, value):
+def _boundary_moves(objective, args, params, free, value):
     """Components to pin at 0 and to release, by the rule of :func:`jaxlmm.fit` (module docstring). (k,) bools."""
     k = params.shape[0]
     ratios = ratios_from_params(params, free)
     at_zero = jnp.where(jnp.eye(k, dtype=bool), 0.0, ratios)  # row j: component j at 0, the others as they are
-    values0 = jax.vmap(lambda r: objective(r, data))(at_zero)
-    slopes0 = jnp.diagonal(jax.vmap(jax.grad(lambda r: objective(r, data)))(at_zero))
+    values0, slopes0 = jax.vmap(jax.value_and_grad(lambda r: objective(r, *args)))(at_zero)
+    slopes0 = jnp.diagonal(slopes0)
     scale = 1.0 + jnp.abs(value)
     pin = free & (ratios < BOUNDARY_CANDIDATE_RATIO) & ((values0 <= value + 1e-10 * scale) | (slopes0 >= 0.0))
     release = ~free & (slopes0 < -1e-8 * scale)
     return pin, release
 
 
-def _search(objective, data, params0, max_iter: int, gtol, ftol) -> _Search:
+def _search(objective, args, params0, max_iter: int, gtol, ftol) -> _Search:
     """Active-set loop in the graph: L-BFGS over the free log ratios, then pin/release boundary components; repeat
     while the free set changes (at most 2k + 1 rounds)."""
     k = params0.shape[0]
 
     def round_(state: _Search) -> _Search:
-        result = minimize(objective, state.params, state.free, (data,), max_iter=max_iter, gtol=gtol, ftol=ftol)
-        pin, release = _boundary_moves(objective, data, result.params, state.free, result.value)
+        result = minimize(objective, state.params, state.free, args, max_iter=max_iter, gtol=gtol, ftol=ftol)
+        pin, release = _boundary_moves(objective, args, result.params, state.free, result.value)
         free = (state.free & ~pin) | release
         params = jnp.where(release, jnp.log(BOUNDARY_CANDIDATE_RATIO), result.params)
         return _Search(params, free, state.iterations + result.iterations, result.converged, state.rounds + 1,
@@ -161,17 +190,34 @@ def _search(objective, data, params0, max_iter: int, gtol, ftol) -> _Search:
 # the implicit step
 
 
+def _residual_and_jacobian(root_fn, t):
+    """``root_fn(t)`` and its (k, k) central-difference Jacobian (steps POLISH_STEP in log ratio), from 2k + 1
+    evaluations in one vmap: cheap to compile, accurate to ~1e-8 relative, enough for Newton polish and the curvature
+    test. The derivatives themselves use the exact linearization (:func:`_tangent_solve`)."""
+    k = t.shape[0]
+    eye = jnp.eye(k, dtype=t.dtype)
+    values = jax.vmap(root_fn)(t + POLISH_STEP * jnp.concatenate([jnp.zeros((1, k), t.dtype), eye, -eye]))
+    return values[0], (values[1:k + 1] - values[k + 1:]).T / (2.0 * POLISH_STEP)
+
+
 def _newton_polish(root_fn, t0):
-    """A few Newton steps ``t <- t - J^-1 root_fn(t)``, each kept only when it lowers max|root_fn| (a singular or
-    indefinite J leaves t as it is)."""
-    t = t0
-    for _ in range(POLISH_STEPS):
-        residual = root_fn(t)
-        step = jnp.linalg.solve(jax.jacfwd(root_fn)(t), residual)
-        candidate = t - step
-        better = jnp.max(jnp.abs(root_fn(candidate))) < jnp.max(jnp.abs(residual))
-        t = jnp.where(jnp.all(jnp.isfinite(candidate)) & better, candidate, t)
-    return t
+    """Newton steps ``t <- t - J^-1 root_fn(t)`` (POLISH_STEPS of them), a step kept only when it lowers
+    max|root_fn| (a singular or indefinite J leaves t as it is). Returns (t, smallest eigenvalue of the symmetrized J
+    at t)."""
+
+    def step(_, carry):
+        best, best_residual, best_jacobian, trial = carry
+        residual, jacobian = _residual_and_jacobian(root_fn, trial)
+        better = jnp.all(jnp.isfinite(residual)) & (jnp.max(jnp.abs(residual)) < jnp.max(jnp.abs(best_residual)))
+        best, best_residual, best_jacobian = jax.tree.map(
+            lambda new, old: jnp.where(better, new, old), (trial, residual, jacobian), (best, best_residual,
+                                                                                       best_jacobian))
+        return best, best_residual, best_jacobian, best - jnp.linalg.solve(best_jacobian, best_residual)
+
+    k = t0.shape[0]
+    initial = (t0, jnp.full((k,), jnp.inf, t0.dtype), jnp.eye(k, dtype=t0.dtype), t0)
+    t, _, jacobian, _ = jax.lax.fori_loop(0, POLISH_STEPS + 1, step, initial)
+    return t, jnp.min(jnp.linalg.eigvalsh(0.5 * (jacobian + jacobian.T)))
 
 
 def _tangent_solve(linear_fn, rhs):
@@ -179,27 +225,25 @@ def _tangent_solve(linear_fn, rhs):
     return jnp.linalg.solve(jax.jacfwd(linear_fn)(jnp.zeros_like(rhs)), rhs)
 
 
-def _optimum(objective, data, search: _Search):
-    """t* as a differentiable function of ``data`` (implicit function theorem, module docstring)."""
+def _optimum(objective, args, search: _Search):
+    """t* as a differentiable function of ``args`` (implicit function theorem, module docstring)."""
     free = search.free
     anchor = jax.lax.stop_gradient(search.params)
 
     def stationarity(t):
-        slope = jax.grad(lambda s: objective(ratios_from_params(s, free), data))(t)
+        slope = jax.grad(lambda s: objective(ratios_from_params(s, free), *args))(t)
         return jnp.where(free, slope, t - anchor)
 
-    t = jax.lax.custom_root(stationarity, anchor, _newton_polish, _tangent_solve)
-    hessian = jax.lax.stop_gradient(jax.jacfwd(stationarity)(t))
-    curvature = jnp.linalg.eigvalsh(0.5 * (hessian + hessian.T))
-    identified = jnp.min(curvature) > FLAT_CURVATURE  # pinned rows are identity rows (eigenvalue 1)
-    return t, identified
+    t, curvature = jax.lax.custom_root(stationarity, anchor, _newton_polish, _tangent_solve, has_aux=True)
+    return t, curvature > FLAT_CURVATURE  # pinned components have identity rows (eigenvalue 1)
 
 
-def _solve(objective, data, k: int, max_iter: int, gtol, ftol):
-    """Search on non-differentiated data, then the differentiable optimum. Returns (t*, ratios, search, identified)."""
-    fixed = jax.lax.stop_gradient(data)
+def _solve(objective, args, k: int, max_iter: int, gtol, ftol):
+    """Search on non-differentiated ``args`` (objective(ratios, *args)), then the differentiable optimum.
+    Returns (t*, ratios, search, identified)."""
+    fixed = jax.lax.stop_gradient(args)
     search = _search(objective, fixed, _start(objective, fixed, k), max_iter, gtol, ftol)
-    t, identified = _optimum(objective, data, search)
+    t, identified = _optimum(objective, args, search)
     return t, ratios_from_params(t, search.free), search, identified
 
 
@@ -224,7 +268,6 @@ def weighted_data(y, X, kernels, weights) -> DenseData:
     return DenseData(root * y, root[:, None] * X, root[None, :, None] * kernels * root[None, None, :])
 
 
-@partial(jax.jit, static_argnames=("method", "max_iter"))
 def fit_kernels(y, X, kernels, weights=None, *, method: str = "REML", max_iter: int = DEFAULT_MAX_ITER,
                 gtol: float = DEFAULT_GTOL, ftol: float = DEFAULT_FTOL) -> DifferentiableFit:
     """Differentiable REML/ML fit of ``V = sum_k s2_k K_k + s2_e diag(1/w)`` by dense Cholesky.
@@ -235,23 +278,25 @@ def fit_kernels(y, X, kernels, weights=None, *, method: str = "REML", max_iter: 
     weights: (n,)       positive observation weights w (None: all 1)
     Differentiable in y, X, kernels and weights (implicit function theorem at the optimum, module docstring).
     """
-    if weights is None:
-        weights = jnp.ones_like(y)
+    weights = jnp.ones_like(y) if weights is None else weights
+    return _fit_kernels(y, X, kernels, weights, _reml_flag(method), max_iter, gtol, ftol)
+
+
+@partial(jax.jit, static_argnames="max_iter")
+def _fit_kernels(y, X, kernels, weights, reml, max_iter, gtol, ftol) -> DifferentiableFit:
     n, k = y.shape[0], kernels.shape[0]
     data = weighted_data(y, X, kernels, weights)
-    objective = _OBJECTIVES[("dense", method)]
-    t, ratios, search, identified = _solve(objective, data, k, max_iter, gtol, ftol)
+    t, ratios, search, identified = _solve(_dense_objective, (data, reml), k, max_iter, gtol, ftol)
     stats = dense_stats(ratios, data)
-    s2_e = _residual_variance(stats, n, method)
+    s2_e = _residual_variance(stats, n, reml)
     fixed = fixed_effects(data.y, data.X, partial(structure.dense_h_inverse, ratios, data.kernels), s2_e)
     hinv_residual = jnp.sqrt(weights) * fixed.hinv_residual  # H^-1 (y - Xb) = D (I + sum r D K D)^-1 D (y - Xb)
     random_effects = ratios[:, None] * (kernels @ hinv_residual)
-    criterion = profiled_criterion_from_stats(stats, n, method) - jnp.sum(jnp.log(weights))
+    criterion = _profiled(stats, n, reml) - jnp.sum(jnp.log(weights))
     mean_diagonals = jnp.trace(kernels, axis1=1, axis2=2) / n
     return _result(fixed, ratios, s2_e, criterion, random_effects, mean_diagonals, t, search, identified)
 
 
-@partial(jax.jit, static_argnames=("method", "max_iter"))
 def fit_spectral(y, X, basis, *, method: str = "REML", max_iter: int = DEFAULT_MAX_ITER,
                  gtol: float = DEFAULT_GTOL, ftol: float = DEFAULT_FTOL) -> DifferentiableFit:
     """Differentiable REML/ML fit of ``V = s2_g K + s2_e I`` in K's eigenbasis (one component, unit weights).
@@ -263,23 +308,22 @@ def fit_spectral(y, X, basis, *, method: str = "REML", max_iter: int = DEFAULT_M
     Differentiable in y and X. The single component's BLUP contribution is ``r K H^-1 e = e - H^-1 e``
     (``H = I + r K``, ``e = y - X b``).
     """
+    return _fit_spectral(y, X, basis, _reml_flag(method), max_iter, gtol, ftol)
+
+
+@partial(jax.jit, static_argnames="max_iter")
+def _fit_spectral(y, X, basis, reml, max_iter, gtol, ftol) -> DifferentiableFit:
     n = y.shape[0]
     data = structure.spectral_data(basis, y, X)
-    objective = _OBJECTIVES[("spectral", method)]
-    t, ratios, search, identified = _solve(objective, data, 1, max_iter, gtol, ftol)
+    t, ratios, search, identified = _solve(_spectral_objective, (data, reml), 1, max_iter, gtol, ftol)
     stats = spectral_stats(ratios[0], data)
-    s2_e = _residual_variance(stats, n, method)
+    s2_e = _residual_variance(stats, n, reml)
     fixed = fixed_effects(y, X, partial(structure.spectral_h_inverse, basis, ratios[0]), s2_e)
     residual = y - X @ fixed.beta
     random_effects = (residual - fixed.hinv_residual)[None, :]
-    criterion = profiled_criterion_from_stats(stats, n, method)
+    criterion = _profiled(stats, n, reml)
     mean_diagonals = jnp.sum(structure.eigenvalues(basis), keepdims=True) / n
     return _result(fixed, ratios, s2_e, criterion, random_effects, mean_diagonals, t, search, identified)
-
-
-def _residual_variance(stats, n, method):
-    """Profiled ``s2_e = q / df`` (q the weighted residual sum of squares)."""
-    return gls(stats).q / residual_df(n, stats.xhy.shape[0], method)
 
 
 # ----------------------------------------------------------------------------------------------------------------
