@@ -1,9 +1,10 @@
 """Differentiable fits: the fitted model as a pure JAX function of its inputs, with exact derivatives.
 
-:func:`fit_kernels` (dense, any number of kernels, observation weights) and :func:`fit_spectral` (one kernel given
-by a fixed eigenbasis) return a :class:`DifferentiableFit` whose every array (fixed effects, their standard errors,
-variance components, heritability, BLUPs, the criterion at the optimum) can be differentiated with ``jax.grad``,
-``jax.jacobian``, ``jax.jvp`` with respect to the inputs, under ``jit`` and ``vmap``.
+:func:`differentiable_fit` (dense, any number of kernels, observation weights) and
+:func:`differentiable_fit_spectral` (one kernel given by a fixed eigenbasis) return a :class:`DifferentiableFit` whose
+every array (fixed effects, their standard errors, variance components, heritability, BLUPs, the criterion at the
+optimum) can be differentiated with ``jax.grad``, ``jax.jacobian``, ``jax.jvp`` with respect to the inputs, under
+``jit`` and ``vmap``.
 
 Model (dense path): ``V = sum_k s2_k K_k + s2_e diag(1/w)``, so with ratios ``r_k = s2_k / s2_e``
 
@@ -41,12 +42,12 @@ boundary; it is finite, never NaN, and ``DifferentiableFit.boundary`` says where
 (``identified`` False: a singular Hessian, e.g. too few residual degrees of freedom) has no unique optimum and no
 derivative; its derivatives are then not meaningful.
 
-Which path: :func:`fit_kernels` factors ``H`` (Cholesky, O(n^3) per criterion evaluation) and is differentiable in
-everything, kernels and weights included (learn kernel weights, ``K = sum_k softmax(a)_k K_k``). :func:`fit_spectral`
-takes one kernel's eigenbasis (a grouping factor's closed form or ``eigh`` of a kinship,
-:func:`jaxlmm.structure.spectral_basis`), fixed and not differentiated, and rotates ``[X y]`` once: O(n^2) per fit,
-O(n) per evaluation, differentiable in ``y`` and ``X`` (influence of each observation, per-variant gradients in a
-scan chunk).
+Which path: :func:`differentiable_fit` factors ``H`` (Cholesky, O(n^3) per criterion evaluation) and is
+differentiable in everything, kernels and weights included (learn kernel weights, ``K = sum_k softmax(a)_k K_k``).
+:func:`differentiable_fit_spectral` takes one kernel's eigenbasis (a grouping factor's closed form or ``eigh`` of a
+kinship, :func:`jaxlmm.structure.spectral_basis`), fixed and not differentiated, and rotates ``[X y]`` once: O(n^2)
+per fit, O(n) per evaluation, differentiable in ``y`` and ``X`` (influence of each observation, per-variant gradients
+in a scan chunk).
 
 Precision: the functions compute in the dtype of their inputs. Enable float64 (``with jax.enable_x64(True):``) for
 derivatives that match finite differences of refits; jaxlmm never changes the global setting.
@@ -64,7 +65,7 @@ import numpy as np
 from . import structure
 from .estimates import fixed_effects
 from .fit import BOUNDARY_CANDIDATE_RATIO, FLAT_CURVATURE
-from .likelihood import DenseData, METHODS, dense_stats, gls, profiled_criterion_from_stats, spectral_stats
+from .likelihood import METHODS, DenseData, dense_stats, gls, profiled_criterion_from_stats, spectral_stats
 from .optimize import DEFAULT_FTOL, DEFAULT_MAX_ITER, minimize, ratios_from_params
 
 DEFAULT_GTOL = 1e-9  # max |dF/dt| at which L-BFGS stops; Newton polish steps then take t* to rounding level
@@ -121,7 +122,8 @@ class _Search(NamedTuple):
 
 def _profiled(stats, n, reml):
     """Profiled REML criterion (reml True) or ML deviance from the weighted statistics."""
-    return jnp.where(reml, profiled_criterion_from_stats(stats, n, "REML"), profiled_criterion_from_stats(stats, n, "ML"))
+    reml_value = profiled_criterion_from_stats(stats, n, "REML")
+    return jnp.where(reml, reml_value, profiled_criterion_from_stats(stats, n, "ML"))
 
 
 def _dense_objective(ratios, data: DenseData, reml):
@@ -268,7 +270,7 @@ def weighted_data(y, X, kernels, weights) -> DenseData:
     return DenseData(root * y, root[:, None] * X, root[None, :, None] * kernels * root[None, None, :])
 
 
-def fit_kernels(y, X, kernels, weights=None, *, method: str = "REML", max_iter: int = DEFAULT_MAX_ITER,
+def differentiable_fit(y, X, kernels, weights=None, *, method: str = "REML", max_iter: int = DEFAULT_MAX_ITER,
                 gtol: float = DEFAULT_GTOL, ftol: float = DEFAULT_FTOL) -> DifferentiableFit:
     """Differentiable REML/ML fit of ``V = sum_k s2_k K_k + s2_e diag(1/w)`` by dense Cholesky.
 
@@ -279,11 +281,11 @@ def fit_kernels(y, X, kernels, weights=None, *, method: str = "REML", max_iter: 
     Differentiable in y, X, kernels and weights (implicit function theorem at the optimum, module docstring).
     """
     weights = jnp.ones_like(y) if weights is None else weights
-    return _fit_kernels(y, X, kernels, weights, _reml_flag(method), max_iter, gtol, ftol)
+    return _differentiable_fit(y, X, kernels, weights, _reml_flag(method), max_iter, gtol, ftol)
 
 
 @partial(jax.jit, static_argnames="max_iter")
-def _fit_kernels(y, X, kernels, weights, reml, max_iter, gtol, ftol) -> DifferentiableFit:
+def _differentiable_fit(y, X, kernels, weights, reml, max_iter, gtol, ftol) -> DifferentiableFit:
     n, k = y.shape[0], kernels.shape[0]
     data = weighted_data(y, X, kernels, weights)
     t, ratios, search, identified = _solve(_dense_objective, (data, reml), k, max_iter, gtol, ftol)
@@ -297,7 +299,7 @@ def _fit_kernels(y, X, kernels, weights, reml, max_iter, gtol, ftol) -> Differen
     return _result(fixed, ratios, s2_e, criterion, random_effects, mean_diagonals, t, search, identified)
 
 
-def fit_spectral(y, X, basis, *, method: str = "REML", max_iter: int = DEFAULT_MAX_ITER,
+def differentiable_fit_spectral(y, X, basis, *, method: str = "REML", max_iter: int = DEFAULT_MAX_ITER,
                  gtol: float = DEFAULT_GTOL, ftol: float = DEFAULT_FTOL) -> DifferentiableFit:
     """Differentiable REML/ML fit of ``V = s2_g K + s2_e I`` in K's eigenbasis (one component, unit weights).
 
@@ -308,11 +310,11 @@ def fit_spectral(y, X, basis, *, method: str = "REML", max_iter: int = DEFAULT_M
     Differentiable in y and X. The single component's BLUP contribution is ``r K H^-1 e = e - H^-1 e``
     (``H = I + r K``, ``e = y - X b``).
     """
-    return _fit_spectral(y, X, basis, _reml_flag(method), max_iter, gtol, ftol)
+    return _differentiable_fit_spectral(y, X, basis, _reml_flag(method), max_iter, gtol, ftol)
 
 
 @partial(jax.jit, static_argnames="max_iter")
-def _fit_spectral(y, X, basis, reml, max_iter, gtol, ftol) -> DifferentiableFit:
+def _differentiable_fit_spectral(y, X, basis, reml, max_iter, gtol, ftol) -> DifferentiableFit:
     n = y.shape[0]
     data = structure.spectral_data(basis, y, X)
     t, ratios, search, identified = _solve(_spectral_objective, (data, reml), 1, max_iter, gtol, ftol)

@@ -6,8 +6,6 @@ one kernel mixed from two): the forward-mode function returns the refit's values
 separate compilation.
 """
 
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,10 +23,10 @@ INPUTS = ("y", "X", "kernel_logits", "weights")
 def _outputs(inputs, base, reml):
     """The fit of ``y ~ X + (kernel sum_k softmax(a)_k base_k)`` with observation weights, as a dict of outputs.
 
-    Calls the jitted core with the method as a traced flag (what ``fit_kernels(method=...)`` passes), so REML and ML
-    tests share one compilation."""
+    Calls the jitted core with the method as a traced flag (what ``differentiable_fit(method=...)`` passes), so REML
+    and ML tests share one compilation."""
     y, X, logits, weights = inputs
-    fit = differentiable._fit_kernels(y, X, differentiable.mix_kernels(logits, base)[None], weights, reml,
+    fit = differentiable._differentiable_fit(y, X, differentiable.mix_kernels(logits, base)[None], weights, reml,
                                       max_iter=200, gtol=1e-11, ftol=1e-13)
     return fit, {name: getattr(fit, name) for name in OUTPUTS}
 
@@ -70,7 +68,7 @@ def problem(rng, kind):
 def refit_difference(inputs, direction, base, method, h):
     """Central difference (f(x + h v) - f(x - h v)) / 2h of every output, each side a full refit."""
     zeros = jax.tree.map(jnp.zeros_like, inputs)
-    shifted = [jax.tree.map(lambda x, v: x + s * h * v, inputs, direction) for s in (1.0, -1.0)]
+    shifted = [jax.tree.map(lambda x, v, sign=sign: x + sign * h * v, inputs, direction) for sign in (1.0, -1.0)]
     plus, minus = (evaluate(x, zeros, base, method == "REML")[1] for x in shifted)
     return {name: (plus[name] - minus[name]) / (2 * h) for name in OUTPUTS}
 
@@ -109,8 +107,8 @@ def test_values_equal_jaxlmm_fit(x64, rng, kind, method):
     kernel = jnp.asarray(structure.kernel(term))
     inputs = (jnp.asarray(y), jnp.asarray(X), jnp.zeros(2), jnp.ones(N))
     dense = evaluate(inputs, jax.tree.map(jnp.zeros_like, inputs), jnp.stack([kernel, kernel]), method == "REML")[0]
-    spectral = differentiable.fit_spectral(jnp.asarray(y), jnp.asarray(X), structure.spectral_basis(term),
-                                           method=method)
+    spectral = jaxlmm.differentiable_fit_spectral(jnp.asarray(y), jnp.asarray(X), structure.spectral_basis(term),
+                                                  method=method)
     want = jaxlmm.fit(y, X, intercept=False, method=method,
                       **({"groups": groups} if kind == "groups" else {"kinship": K}))
     blups = want.ranef[0][term.group_codes] if kind == "groups" else want.ranef[0]
@@ -138,7 +136,7 @@ def test_boundary_derivative_is_finite_and_constrained(x64, rng):
     reference = jaxlmm.fit(y, X, intercept=False, groups=groups)
     assert reference.singular[0]
     direction = (jnp.asarray(rng.normal(size=N)), jnp.zeros((N, 3)), jnp.zeros(2), jnp.asarray(rng.normal(size=N)))
-    fit, outputs, tangents, jacobian = evaluate(inputs, direction, base, True)
+    fit, _, tangents, jacobian = evaluate(inputs, direction, base, True)
     assert bool(fit.boundary[0]) and float(fit.variances[0]) == 0.0 and float(fit.heritability) == 0.0
     np.testing.assert_allclose(fit.residual_variance, reference.residual_variance, rtol=1e-10)
     assert all(bool(jnp.all(jnp.isfinite(t))) for t in jax.tree.leaves(tangents))
@@ -157,8 +155,8 @@ def test_vmap_over_variants_equals_loop(x64, rng):
     variants = jnp.asarray(rng.binomial(2, 0.3, size=(N, 4)).astype(float))
 
     def variant_fit(y, variant):
-        return differentiable.fit_spectral(y, jnp.concatenate([jnp.asarray(X[:, :2]), variant[:, None]], axis=1),
-                                           basis, gtol=1e-11)
+        design = jnp.concatenate([jnp.asarray(X[:, :2]), variant[:, None]], axis=1)
+        return jaxlmm.differentiable_fit_spectral(y, design, basis, gtol=1e-11)
 
     def variant_effect(y, variant):
         fit = variant_fit(y, variant)
