@@ -151,7 +151,7 @@ def _reml_flag(method: str):
 
 def _start(objective, args, k: int) -> jnp.ndarray:
     """(k,) starting log ratios: the best common ratio of START_LOG_RATIOS for all components."""
-    grid = jnp.asarray(START_LOG_RATIOS, dtype=args[0][0].dtype)
+    grid = jnp.asarray(START_LOG_RATIOS, dtype=jax.tree.leaves(args[0])[0].dtype)  # args[0]: the data
     values = jax.vmap(lambda t: objective(jnp.full((k,), jnp.exp(t)), *args))(grid)
     values = jnp.where(jnp.isfinite(values), values, jnp.inf)
     return jnp.full((k,), grid[jnp.argmin(values)])

@@ -162,7 +162,7 @@ def test_vmap_over_variants_equals_loop(x64, rng):
         fit = variant_fit(y, variant)
         return fit.beta[-1] / fit.se[-1]  # the variant's t statistic
 
-    gradient = jax.jit(jax.grad(variant_effect))
+    gradient = jax.jit(jax.jacobian(variant_effect))  # jax.jacobian of a scalar output: its gradient
     batched = jax.jit(jax.vmap(jax.grad(variant_effect), in_axes=(None, 1)))(jnp.asarray(y), variants)
     looped = jnp.stack([gradient(jnp.asarray(y), variants[:, j]) for j in range(variants.shape[1])])
     np.testing.assert_allclose(batched, looped, rtol=1e-10, atol=1e-12)
