@@ -61,9 +61,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.linalg import cho_solve
 
 from . import structure
-from .estimates import fixed_effects
 from .fit import BOUNDARY_CANDIDATE_RATIO, FLAT_CURVATURE
 from .likelihood import METHODS, DenseData, dense_stats, gls, profiled_criterion_from_stats, spectral_stats
 from .optimize import DEFAULT_FTOL, DEFAULT_MAX_ITER, minimize, ratios_from_params
@@ -132,11 +132,6 @@ def _dense_objective(ratios, data: DenseData, reml):
 
 def _spectral_objective(ratios, data, reml):
     return _profiled(spectral_stats(ratios[0], data), data.n, reml)
-
-
-def _residual_variance(stats, n, reml):
-    """Profiled ``s2_e = q / df``, df = n - p (REML) or n (ML), q the weighted residual sum of squares."""
-    return gls(stats).q / jnp.where(reml, n - stats.xhy.shape[0], n)
 
 
 def _reml_flag(method: str):
@@ -249,14 +244,20 @@ def _solve(objective, args, k: int, max_iter: int, gtol, ftol):
     return t, ratios_from_params(t, search.free), search, identified
 
 
-def _result(fixed, ratios, s2_e, criterion, random_effects, mean_diagonals, t, search, identified):
+def _result(stats, n, reml, ratios, random_effects, mean_diagonals, t, search, identified, logdet_offset=0.0):
+    """Outputs from the weighted statistics at the optimum: ``b`` and ``cov(b) = s2_e (X'H^-1X)^-1`` from the GLS
+    normal equations (no further pass over the n observations), ``s2_e = q / df``, variances, heritability and the
+    criterion (``logdet_offset`` added to log|H|)."""
+    sol = gls(stats)
+    s2_e = sol.q / jnp.where(reml, n - stats.xhy.shape[0], n)
+    cov = s2_e * cho_solve((sol.xhx_chol, True), jnp.eye(stats.xhy.shape[0], dtype=stats.xhx.dtype))
     variances = ratios * s2_e
     random_total = jnp.sum(variances * mean_diagonals)
     return DifferentiableFit(
-        beta=fixed.beta, se=fixed.se, variances=variances, residual_variance=s2_e,
-        heritability=random_total / (random_total + s2_e), random_effects=random_effects, criterion=criterion,
-        log_ratios=t, boundary=~search.free, converged=search.converged, identified=identified,
-        iterations=search.iterations,
+        beta=sol.beta, se=jnp.sqrt(jnp.diagonal(cov)), variances=variances, residual_variance=s2_e,
+        heritability=random_total / (random_total + s2_e), random_effects=random_effects,
+        criterion=_profiled(stats, n, reml) + logdet_offset, log_ratios=t, boundary=~search.free,
+        converged=search.converged, identified=identified, iterations=search.iterations,
     )
 
 
@@ -290,13 +291,14 @@ def _differentiable_fit(y, X, kernels, weights, reml, max_iter, gtol, ftol) -> D
     data = weighted_data(y, X, kernels, weights)
     t, ratios, search, identified = _solve(_dense_objective, (data, reml), k, max_iter, gtol, ftol)
     stats = dense_stats(ratios, data)
-    s2_e = _residual_variance(stats, n, reml)
-    fixed = fixed_effects(data.y, data.X, partial(structure.dense_h_inverse, ratios, data.kernels), s2_e)
-    hinv_residual = jnp.sqrt(weights) * fixed.hinv_residual  # H^-1 (y - Xb) = D (I + sum r D K D)^-1 D (y - Xb)
+    beta = gls(stats).beta
+    # H^-1 (y - Xb) = D (I + sum_k r_k D K_k D)^-1 D (y - Xb)
+    root = jnp.sqrt(weights)
+    hinv_residual = root * structure.dense_h_inverse(ratios, data.kernels, (data.y - data.X @ beta)[:, None])[:, 0]
     random_effects = ratios[:, None] * (kernels @ hinv_residual)
-    criterion = _profiled(stats, n, reml) - jnp.sum(jnp.log(weights))
     mean_diagonals = jnp.trace(kernels, axis1=1, axis2=2) / n
-    return _result(fixed, ratios, s2_e, criterion, random_effects, mean_diagonals, t, search, identified)
+    return _result(stats, n, reml, ratios, random_effects, mean_diagonals, t, search, identified,
+                   logdet_offset=-jnp.sum(jnp.log(weights)))
 
 
 def differentiable_fit_spectral(y, X, basis, *, method: str = "REML", max_iter: int = DEFAULT_MAX_ITER,
@@ -319,13 +321,11 @@ def _differentiable_fit_spectral(y, X, basis, reml, max_iter, gtol, ftol) -> Dif
     data = structure.spectral_data(basis, y, X)
     t, ratios, search, identified = _solve(_spectral_objective, (data, reml), 1, max_iter, gtol, ftol)
     stats = spectral_stats(ratios[0], data)
-    s2_e = _residual_variance(stats, n, reml)
-    fixed = fixed_effects(y, X, partial(structure.spectral_h_inverse, basis, ratios[0]), s2_e)
-    residual = y - X @ fixed.beta
-    random_effects = (residual - fixed.hinv_residual)[None, :]
-    criterion = _profiled(stats, n, reml)
+    residual = y - X @ gls(stats).beta
+    # r K H^-1 e = e - H^-1 e: one rotation and one back-projection of a single column
+    random_effects = (residual - structure.spectral_h_inverse(basis, ratios[0], residual[:, None])[:, 0])[None, :]
     mean_diagonals = jnp.sum(structure.eigenvalues(basis), keepdims=True) / n
-    return _result(fixed, ratios, s2_e, criterion, random_effects, mean_diagonals, t, search, identified)
+    return _result(stats, n, reml, ratios, random_effects, mean_diagonals, t, search, identified)
 
 
 # ----------------------------------------------------------------------------------------------------------------
