@@ -45,7 +45,9 @@ def evaluate(inputs, tangents, base, reml):
     and ``jax.jacobian`` run), so the program holds a single copy of the fit and compiles once."""
     (fit, outputs), linear = jax.linearize(lambda i: _outputs(i, base, reml), inputs)
     out_tangents = linear(tangents)[1]
-    summary_linear = lambda t: _summary(linear(t)[1])
+    def summary_linear(t):
+        return _summary(linear(t)[1])
+
     transpose = jax.linear_transpose(summary_linear, inputs)
     jacobian = jax.vmap(lambda c: transpose(c)[0])(jnp.eye(5, dtype=inputs[0].dtype))
     return fit, outputs, out_tangents, jacobian
