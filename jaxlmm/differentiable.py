@@ -81,7 +81,8 @@ class DifferentiableFit(NamedTuple):
     se:                (p,)    sqrt(diag(s2_e (X'H^-1X)^-1))
     variances:         (k,)    s2_k = r_k s2_e (exactly 0 at a boundary)
     residual_variance: ()      s2_e = q / (n - p) (REML) or q / n (ML)
-    heritability:      ()      sum_k s2_k tr(K_k)/n / (sum_k s2_k tr(K_k)/n + s2_e), as :func:`jaxlmm.fit`
+    heritability:      ()      sum_k s2_k tr(K_k)/n / (sum_k s2_k tr(K_k)/n + s2_e), as :func:`jaxlmm.fit` (with
+                               weights, s2_e is the residual variance of an observation of weight 1)
     random_effects:    (k, n)  BLUP of each term's contribution Z_k u_k = r_k K_k H^-1 (y - Xb) per observation
                                (for a kinship term, Z = I, these are its BLUPs; for a grouping factor each member of
                                a group carries its group's BLUP)
@@ -145,7 +146,10 @@ def _reml_flag(method: str):
 
 
 def _start(objective, args, k: int) -> jnp.ndarray:
-    """(k,) starting log ratios: the best common ratio of START_LOG_RATIOS for all components."""
+    """(k,) starting log ratios: the best common ratio of START_LOG_RATIOS for all components.
+
+    Not :func:`jaxlmm.fit`'s moment start (host numpy): where the criterion has several local optima the two fits
+    may end in different ones."""
     grid = jnp.asarray(START_LOG_RATIOS, dtype=jax.tree.leaves(args[0])[0].dtype)  # args[0]: the data
     values = jax.vmap(lambda t: objective(jnp.full((k,), jnp.exp(t)), *args))(grid)
     values = jnp.where(jnp.isfinite(values), values, jnp.inf)
