@@ -36,7 +36,7 @@ def _scan_config(args):
     from .config import SCAN_KEYS, scan_config
 
     flags = {key: getattr(args, key, None) for key in SCAN_KEYS}
-    for key in ("plots", "resume"):
+    for key in ("plots", "resume", "loco"):
         flags[key] = True if flags[key] else None  # absent switches leave the config file's value
     return scan_config(args.config, **flags)
 
@@ -130,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--plots", action="store_true", help="also write PREFIX.manhattan.png and PREFIX.qq.png")
     scan.add_argument("--resume", action="store_true", help="go on from the partial results of a killed run")
     scan.add_argument("--part", help="i/n: scan the i-th of n contiguous shares (join them with jaxlmm merge)")
+    scan.add_argument("--loco", action="store_true", help="leave one chromosome out: each chromosome's variants "
+                      "with the kinship of all others")
+    scan.add_argument("--keep", help="file of samples (FID IID) to analyze; others are left out")
+    scan.add_argument("--remove", help="file of samples (FID IID) to leave out")
+    scan.add_argument("--snps", help="file of variant IDs to test (first field per line)")
+    scan.add_argument("--ksnps", help="file of variant IDs to build the kinship from")
+    scan.add_argument("--cat", help="comma-separated categorical covariate columns (indicator coded)")
+    scan.add_argument("--max-memory", type=float, help="GiB this run may use; stop early with advice if more")
     scan.set_defaults(run=_scan)
     grm = sub.add_parser("grm", help="kinship matrix (GEMMA -gk 1 centred / -gk 2 standardized)")
     _input_flags(grm)

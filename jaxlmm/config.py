@@ -22,7 +22,12 @@ class ScanConfig(NamedTuple):
     fitted. ``kinship``: GEMMA text or .npy (n x n in genotype-file sample order); computed with ``gk`` (1 centred,
     2 standardized) when absent. ``groups``: a column of the covariate or phenotype table, fitted as ``(1|group)``
     instead of a kinship. Outputs go to ``out`` + ``.assoc.tsv`` / ``.log.txt`` / ``.manhattan.png`` /
-    ``.qq.png``."""
+    ``.qq.png``. ``loco``: each chromosome scanned with the kinship of all other chromosomes. ``keep`` /
+    ``remove``: files of samples (FID IID per line) to keep / leave out. ``snps``: file of variant IDs to test
+    (first field per line; the others are not tested, and the log says how many); ``ksnps``: variant IDs for the
+    kinship. ``cat``: comma-separated covariate columns that are categorical (indicator columns, first level in
+    sorted order the reference). ``max_memory``: GiB the run may use; a run estimated to need more stops before
+    allocating, suggesting a chunk size."""
 
     bfile: str | None = None
     geno: str | None = None
@@ -43,15 +48,23 @@ class ScanConfig(NamedTuple):
     plots: bool = False
     resume: bool = False
     part: str | None = None
+    loco: bool = False
+    keep: str | None = None
+    remove: str | None = None
+    snps: str | None = None
+    ksnps: str | None = None
+    cat: str | None = None
+    max_memory: float | None = None
 
 
 SCAN_KEYS = ScanConfig._fields
-PATH_KEYS = ("bfile", "geno", "pheno", "anno", "covar", "kinship", "out")
+PATH_KEYS = ("bfile", "geno", "pheno", "anno", "covar", "kinship", "out", "keep", "remove", "snps", "ksnps")
 _TYPES = {
     "bfile": (str,), "geno": (str,), "pheno": (str,), "anno": (str,), "pheno_col": (int, str), "covar": (str,),
     "kinship": (str,), "groups": (str,), "gk": (int,), "mode": (str,), "out": (str,), "chunk": (int,),
     "min_maf": (float, int), "max_missing": (float, int), "max_iter": (int,), "rotation": (str,), "plots": (bool,),
-    "resume": (bool,), "part": (str,),
+    "resume": (bool,), "part": (str,), "loco": (bool,), "keep": (str,), "remove": (str,), "snps": (str,),
+    "ksnps": (str,), "cat": (str,), "max_memory": (float, int),
 }
 _CHOICES = {"mode": ("exact", "null"), "rotation": ("float64", "float32"), "gk": (1, 2)}
 
@@ -103,6 +116,10 @@ def _consistent(config: ScanConfig) -> ScanConfig:
         raise InputError("give the genotypes either as bfile (PLINK prefix) or as geno (BIMBAM file), not both")
     if config.geno is not None and config.pheno is None:
         raise InputError("a BIMBAM geno file needs its pheno file (one row per sample, in genotype order)")
+    if config.loco and (config.kinship is not None or config.groups is not None):
+        raise InputError("loco builds its kinships from the genotypes: give neither a kinship file nor groups")
+    if config.max_memory is not None and config.max_memory <= 0:
+        raise InputError(f"max_memory must be a positive number of GiB, got {config.max_memory}")
     if config.kinship is not None and config.groups is not None:
         raise InputError("give either a kinship or a groups column for the random effect, not both")
     if config.out is None:

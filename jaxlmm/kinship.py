@@ -50,14 +50,16 @@ def relatedness(genotypes, variant_mask=None, standardize: bool = False, chunk_s
 
 
 def filtered_relatedness(genotypes, analyzed, min_maf: float = 0.01, max_missing: float = 0.05,
-                         standardize: bool = False, chunk_size: int = 2048) -> tuple[np.ndarray, int]:
+                         standardize: bool = False, chunk_size: int = 2048,
+                         variant_mask=None) -> tuple[np.ndarray, int]:
     """GEMMA's ``-gk`` in one pass: variants pass :func:`passing_variants` on the analyzed samples' genotypes
-    (analyzed: (n,) bool), and the relatedness of all n samples is built from those. Returns (K (n, n), variants
-    used)."""
+    (analyzed: (n,) bool) and variant_mask ((M,) bool, e.g. from ``--ksnps``; all when None), and the relatedness
+    of all n samples is built from those. Returns (K (n, n), variants used)."""
     analyzed = np.asarray(analyzed, dtype=bool)
+    mask = np.ones(genotypes.shape[1], bool) if variant_mask is None else np.asarray(variant_mask, bool)
     total, used = _accumulate(
-        genotypes, lambda start, chunk: passing_variants(chunk[analyzed], min_maf, max_missing), standardize,
-        chunk_size)
+        genotypes, lambda start, chunk: passing_variants(chunk[analyzed], min_maf, max_missing)
+        & mask[start:start + chunk.shape[1]], standardize, chunk_size)
     if used == 0:
         raise InputError("no variant passes the kinship filters (min_maf, max_missing); cannot build a kinship")
     return total / used, used
@@ -76,3 +78,41 @@ def _accumulate(genotypes, keep_of_chunk, standardize, chunk_size) -> tuple[np.n
                 total = total + _chunk_contribution(jnp.asarray(chunk[:, keep]), standardize)
                 used += int(keep.sum())
         return np.asarray(total), used
+
+
+def relatedness_by_chromosome(genotypes, analyzed, chromosomes, min_maf: float = 0.01, max_missing: float = 0.05,
+                              standardize: bool = False, chunk_size: int = 2048, variant_mask=None) -> dict:
+    """Per-chromosome pieces of the filtered relatedness, in one pass over the genotypes (for LOCO).
+
+    chromosomes: (M,) chromosome of each variant; variant_mask: (M,) bool or None as in
+    :func:`filtered_relatedness`. Returns chromosome -> (S_c (n, n), p_c) with S_c the sum of the
+    chromosome's passing variants' contributions Xc Xc' and p_c their count, so that the whole-genome kinship is
+    sum_c S_c / sum_c p_c and the leave-one-chromosome-out kinship of c is (sum S - S_c) / (sum p - p_c)
+    (:func:`leave_one_out`). Memory: one n x n float64 matrix per chromosome.
+    """
+    analyzed = np.asarray(analyzed, dtype=bool)
+    chromosomes = np.asarray(chromosomes).astype(str)
+    n, m = genotypes.shape
+    mask = np.ones(m, bool) if variant_mask is None else np.asarray(variant_mask, bool)
+    pieces = {}
+    with jax.enable_x64(True):
+        for start in range(0, m, chunk_size):
+            chunk = np.asarray(genotypes[:, start:start + chunk_size], dtype=float)
+            keep = passing_variants(chunk[analyzed], min_maf, max_missing) & mask[start:start + chunk.shape[1]]
+            chrom = chromosomes[start:start + chunk.shape[1]]
+            for c in dict.fromkeys(chrom):  # in order of appearance
+                columns = keep & (chrom == c)
+                total, used = pieces.get(c, (jnp.zeros((n, n)), 0))
+                if columns.any():
+                    total = total + _chunk_contribution(jnp.asarray(chunk[:, columns]), standardize)
+                pieces[c] = (total, used + int(columns.sum()))
+    return {c: (np.asarray(total), used) for c, (total, used) in pieces.items()}
+
+
+def leave_one_out(pieces: dict, chromosome) -> tuple[np.ndarray, int]:
+    """(K without ``chromosome`` (n, n), variants used) from :func:`relatedness_by_chromosome`'s pieces."""
+    used = sum(p for c, (_, p) in pieces.items() if c != chromosome)
+    if used == 0:
+        raise InputError(f"leaving out chromosome {chromosome} leaves no variant passing the kinship filters")
+    total = sum(S for c, (S, _) in pieces.items() if c != chromosome)
+    return total / used, used

@@ -22,7 +22,8 @@ from .io.bimbam import BimbamReader
 from .io.kinship_files import read_kinship
 from .io.plink import BedReader
 from .io.results import ResumableTable, format_rows, genomic_inflation, read_table
-from .kinship import filtered_relatedness
+from .kinship import filtered_relatedness, leave_one_out, relatedness_by_chromosome
+from .memory import check_memory
 from .scan import prepare_scan, scan_chunks
 from . import validate
 from .validate import InputError
@@ -34,7 +35,8 @@ class Inputs(NamedTuple):
     genotypes: reader with ``shape`` (n_all, M) and ``[rows, a:b]``; bim: variant annotation
     analyzed: (n_all,) bool, samples in the analysis; y: (n,) phenotype of the analyzed samples
     covariates: (n, c0) or None (constant columns removed: the intercept is always fitted); covariate_names (c0,)
-    groups: (n,) labels or None; notes: lines for the log (sample counts, dropped columns)
+    groups: (n,) labels or None; tested: (M',) positions of the variants to test (``--snps``; None = all);
+    kinship_variants: (M,) bool mask for the kinship (``--ksnps``; None = all); notes: lines for the log
     """
 
     genotypes: object
@@ -44,6 +46,8 @@ class Inputs(NamedTuple):
     covariates: np.ndarray | None
     groups: np.ndarray | None
     covariate_names: tuple
+    tested: np.ndarray | None
+    kinship_variants: np.ndarray | None
     notes: tuple
 
 
@@ -78,7 +82,18 @@ def read_inputs(config: ScanConfig) -> Inputs:
         covar_table = read_other(config.covar)
         covar_rows = tables.match_samples(fid, iid, covar_table)
         columns = []
+        categorical = [c.strip() for c in config.cat.split(",")] if config.cat else []
+        for name in categorical:
+            tables.column_index(covar_table, name)  # an unknown name is an error naming the file
         for j, name in enumerate(covar_table.names):
+            if name in categorical:
+                labels = tables.label_column(covar_table, j + 1)
+                on_samples = np.array([labels[r] if r >= 0 else None for r in covar_rows], dtype=object)
+                indicators, names, note = tables.indicator_columns(on_samples, name)
+                columns += list(indicators.T)
+                kept_names += names
+                notes.append(note)
+                continue
             values = _on_samples(tables.numeric_column(covar_table, j + 1), covar_rows)
             finite = values[~np.isnan(values)]
             if finite.size and finite.min() == finite.max():
@@ -101,12 +116,33 @@ def read_inputs(config: ScanConfig) -> Inputs:
         notes.append(f"groups: column {config.groups!r} of {source.path}; {int(missing_group.sum())} samples "
                      "dropped for a missing label")
         keep &= ~missing_group
+    for path, wanted in ((config.keep, True), (config.remove, False)):
+        if path:
+            listed = set(tables.read_id_list(path, 2))
+            inside = np.array([pair in listed for pair in pairs])
+            notes.append(f"{'keep' if wanted else 'remove'} {path}: {len(listed)} samples listed, "
+                         f"{int(inside.sum())} in the genotype file")
+            keep &= inside if wanted else ~inside
     if not keep.any():
         raise InputError("no sample has a phenotype value and complete covariates; nothing to analyze")
+    tested, kinship_variants = None, None
+    rsid = np.asarray(genotypes.bim.rsid)
+    if config.snps:
+        listed = set(tables.read_id_list(config.snps, 1))
+        tested = np.flatnonzero(np.isin(rsid, list(listed)))
+        if tested.size == 0:
+            raise InputError(f"{config.snps}: none of its {len(listed)} variant IDs is in the genotype file")
+        notes.append(f"snps {config.snps}: {len(listed)} listed, {tested.size} of {rsid.size} variants tested "
+                     f"(the others are not tested and have no row)")
+    if config.ksnps:
+        listed = set(tables.read_id_list(config.ksnps, 1))
+        kinship_variants = np.isin(rsid, list(listed))
+        notes.append(f"ksnps {config.ksnps}: {len(listed)} listed, {int(kinship_variants.sum())} in the genotype "
+                     "file available for the kinship")
     notes.append(f"samples analyzed: {int(keep.sum())} of {n_all}")
     return Inputs(genotypes, genotypes.bim, keep, y_all[keep],
                   None if covariates is None else covariates[keep], None if groups is None else groups[keep],
-                  tuple(kept_names), tuple(notes))
+                  tuple(kept_names), tested, kinship_variants, tuple(notes))
 
 
 def _on_samples(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -116,15 +152,23 @@ def _on_samples(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-class AnalyzedRows:
-    """Column-sliceable view of a genotype reader restricted to the analyzed samples."""
+class ScannedGenotypes:
+    """Column-sliceable view of a genotype reader: the analyzed samples (rows, (n_all,) bool) and the tested
+    variants (columns: (M',) sorted positions, or None for all); ``view[:, a:b]`` is (n, b - a)."""
 
-    def __init__(self, reader, rows: np.ndarray):
-        self.reader, self.rows = reader, rows
-        self.shape = (int(rows.sum()), reader.shape[1])
+    def __init__(self, reader, rows: np.ndarray, columns: np.ndarray | None = None):
+        self.reader, self.rows, self.columns = reader, rows, columns
+        self.shape = (int(rows.sum()), reader.shape[1] if columns is None else len(columns))
 
     def __getitem__(self, index):
-        return self.reader[self.rows, index[1]]
+        cols = index[1] if self.columns is None else self.columns[index[1]]
+        return self.reader[self.rows, cols]
+
+
+def scanned_bim(inputs: Inputs):
+    """The annotation of the tested variants."""
+    return inputs.bim if inputs.tested is None else type(inputs.bim)(*(np.asarray(f)[inputs.tested]
+                                                                       for f in inputs.bim))
 
 
 def kinship_for(config: ScanConfig, inputs: Inputs) -> tuple[np.ndarray, str]:
@@ -138,31 +182,21 @@ def kinship_for(config: ScanConfig, inputs: Inputs) -> tuple[np.ndarray, str]:
         matrix = validate.kinship(matrix, n_all, name=config.kinship, atol=1e-6, check_psd=False)
         return matrix, f"kinship: {config.kinship}"
     matrix, used = filtered_relatedness(inputs.genotypes, inputs.analyzed, config.min_maf, config.max_missing,
-                                        standardize=config.gk == 2)
+                                        standardize=config.gk == 2, variant_mask=inputs.kinship_variants)
     return matrix, f"kinship: computed (-gk {config.gk}) from {used} variants"
-
-
-def variant_range(config: ScanConfig, m: int, chunk_size: int) -> tuple[int, int]:
-    """Variants [start, stop) of this run: all, or the i-th of n contiguous shares whose edges fall on chunk
-    boundaries (so every chunk holds the same variants as in a whole run)."""
-    if config.part is None:
-        return 0, m
-    i, n = part_share(config.part)
-    chunks = -(-m // chunk_size)
-    return min(m, (i - 1) * chunks // n * chunk_size), min(m, i * chunks // n * chunk_size)
 
 
 def fingerprint(config: ScanConfig) -> dict:
     """Inputs (paths, sizes, modification times) and result-changing settings, to refuse a mismatched resume."""
     files = {}
-    for key in ("bfile", "geno", "pheno", "anno", "covar", "kinship"):
+    for key in ("bfile", "geno", "pheno", "anno", "covar", "kinship", "keep", "remove", "snps", "ksnps"):
         value = getattr(config, key)
         paths = [value + ext for ext in (".bed", ".bim", ".fam")] if key == "bfile" and value else [value]
         for path in filter(None, paths):
             if os.path.exists(path):
                 stat = os.stat(path)
                 files[os.path.abspath(path)] = [stat.st_size, int(stat.st_mtime)]
-    settings = config._replace(resume=False, plots=False)._asdict()
+    settings = config._replace(resume=False, plots=False, max_memory=None)._asdict()
     return {"files": files, "settings": settings, "version": 1}
 
 
@@ -181,49 +215,115 @@ def output_path(config: ScanConfig) -> str:
     return f"{config.out}.part{i}of{n}.assoc.tsv"
 
 
+class Run(NamedTuple):
+    """Variants [start, stop) (positions among the scanned variants) fitted with one kinship: the whole-genome one
+    (chromosome None) or, with LOCO, the one leaving out ``chromosome``."""
+
+    chromosome: str | None
+    start: int
+    stop: int
+
+
+def plan_runs(config: ScanConfig, bim, m: int) -> list:
+    """One run over all variants, or (LOCO) one per stretch of consecutive variants on the same chromosome."""
+    if not config.loco:
+        return [Run(None, 0, m)]
+    chrom = np.asarray(bim.chrom).astype(str)
+    edges = np.r_[0, np.flatnonzero(chrom[1:] != chrom[:-1]) + 1, m]
+    return [Run(chrom[a], int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def share(config: ScanConfig, runs: list, chunk_size: int, m: int) -> tuple[int, int]:
+    """Variants [start, stop) of this process: all, or the i-th of n contiguous shares of the chunks (chunks start
+    at each run's start), so every chunk holds the same variants as in a whole run."""
+    if config.part is None:
+        return 0, m
+    i, n = part_share(config.part)
+    starts = [first for run in runs for first in range(run.start, run.stop, chunk_size)]
+    at = lambda k: starts[k] if k < len(starts) else m  # noqa: E731
+    return at((i - 1) * len(starts) // n), at(i * len(starts) // n)
+
+
+def _prepare(config, inputs, random):
+    import jax.numpy as jnp
+
+    try:
+        return prepare_scan(inputs.y, inputs.covariates, mode=config.mode, chunk_size=config.chunk,
+                            min_maf=config.min_maf, max_missing=config.max_missing, max_iter=config.max_iter,
+                            rotation_dtype=jnp.dtype(config.rotation),
+                            covariate_names=inputs.covariate_names or None, **random)
+    except InputError as err:  # name the files the model came from
+        sources = [config.bfile or config.geno, config.pheno, config.covar, config.kinship]
+        raise InputError(f"{', '.join(filter(None, sources))}: {err}") from None
+
+
+def _null_line(label, null) -> str:
+    return (f"null model{label}: lambda {null.lambda_remle[0]:.6g}, vg {null.s2_g[0]:.6g}, ve {null.s2_e[0]:.6g}, "
+            f"pve {null.pve[0]:.6g} (se {null.pve_se[0]:.6g}), REML logl {null.logl_remle[0]:.6g}, "
+            f"ML logl {null.logl_mle[0]:.6g}")
+
+
+def _random_effects(config, inputs, lines):
+    """chromosome (None for whole genome) -> keyword arguments of the random effect, built lazily per run."""
+    square = np.ix_(inputs.analyzed, inputs.analyzed)
+    if config.groups is not None:
+        lines.append(f"random effect: (1|{config.groups}), {len(set(inputs.groups))} levels")
+        return lambda chromosome: {"groups": inputs.groups}
+    if not config.loco:
+        kinship, note = kinship_for(config, inputs)
+        lines.append(note)
+        return lambda chromosome: {"kinship": kinship[square]}
+    pieces = relatedness_by_chromosome(inputs.genotypes, inputs.analyzed, inputs.bim.chrom, config.min_maf,
+                                       config.max_missing, standardize=config.gk == 2,
+                                       variant_mask=inputs.kinship_variants)
+    lines.append(f"kinship: LOCO, -gk {config.gk} pieces of {len(pieces)} chromosomes from "
+                 f"{sum(p for _, p in pieces.values())} variants, one pass")
+
+    def leave_out(chromosome):
+        matrix, used = leave_one_out(pieces, chromosome)
+        lines.append(f"chromosome {chromosome}: kinship from {used} variants on other chromosomes")
+        return {"kinship": matrix[square]}
+
+    return leave_out
+
+
 def run_scan(config: ScanConfig, on_chunk: Callable[[int, int], None] | None = None) -> list:
     """Run the scan a config describes; returns the log lines (also written to ``out.log.txt`` or the part's log).
 
     on_chunk(done, total): called after each chunk is written (variants of this run done / to do).
     """
-    import jax.numpy as jnp
-
     began = time.perf_counter()
     inputs = read_inputs(config)
     lines = [f"jaxlmm scan: {_describe(config)}", *inputs.notes]
-    if config.groups is not None:
-        random = {"groups": inputs.groups}
-        lines.append(f"random effect: (1|{config.groups}), {len(set(inputs.groups))} levels")
-    else:
-        kinship, note = kinship_for(config, inputs)
-        random = {"kinship": kinship[np.ix_(inputs.analyzed, inputs.analyzed)]}
-        lines.append(note)
-    try:
-        prepared = prepare_scan(inputs.y, inputs.covariates, mode=config.mode, chunk_size=config.chunk,
-                                min_maf=config.min_maf, max_missing=config.max_missing, max_iter=config.max_iter,
-                                rotation_dtype=jnp.dtype(config.rotation),
-                                covariate_names=inputs.covariate_names or None, **random)
-    except InputError as err:  # name the files the model came from
-        sources = [config.bfile or config.geno, config.pheno, config.covar, config.kinship]
-        raise InputError(f"{', '.join(filter(None, sources))}: {err}") from None
-    m = inputs.genotypes.shape[1]
-    start, stop = variant_range(config, m, prepared.chunk_size)
+    rows = ScannedGenotypes(inputs.genotypes, inputs.analyzed, inputs.tested)
+    bim = scanned_bim(inputs)
+    m = rows.shape[1]
+    runs = plan_runs(config, bim, m)
+    start, stop = share(config, runs, config.chunk, m)
+    check_memory(config, inputs, len(runs))
     path = output_path(config)
     make_parent_folder(path)
     table = ResumableTable(path, fingerprint(config), config.resume)
     if table.resumed_from:
         lines.append(f"resumed: {table.resumed_from} rows were already written")
-    rows = AnalyzedRows(inputs.genotypes, inputs.analyzed)
-    for chunk in scan_chunks(prepared, rows, start + table.resumed_from, stop):
-        b = chunk.columns["status"].shape[1]
-        first = chunk.offset
-        values = {k: v[0] for k, v in chunk.columns.items()}
-        table.append(format_rows(values, inputs.bim, slice(first, first + b)), b)
-        if on_chunk is not None:
-            on_chunk(table.committed_rows, stop - start)
+    random_for = _random_effects(config, inputs, lines)
+    begin, current = start + table.resumed_from, None
+    for run in runs:
+        first, last = max(run.start, begin), min(run.stop, stop)
+        if first >= last:
+            continue
+        if current is None or current[0] != run.chromosome:
+            current = (run.chromosome, _prepare(config, inputs, random_for(run.chromosome)))
+            lines.append(_null_line("" if run.chromosome is None else f" (LOCO, chromosome {run.chromosome})",
+                                    current[1].null))
+        for chunk in scan_chunks(current[1], rows, first, last):
+            b = chunk.columns["status"].shape[1]
+            values = {k: v[0] for k, v in chunk.columns.items()}
+            table.append(format_rows(values, bim, slice(chunk.offset, chunk.offset + b)), b)
+            if on_chunk is not None:
+                on_chunk(table.committed_rows, stop - start)
     written = table.finish()
     prefix = path[: -len(".assoc.tsv")]  # out, or out.part{i}of{n}
-    null = prepared.null
     results = read_table(path)
     ok = results["status"] == "ok"
     lines += [
@@ -231,9 +331,6 @@ def run_scan(config: ScanConfig, on_chunk: Callable[[int, int], None] | None = N
         + f"; rows out: {len(results)}; " + ", ".join(f"{s}: {c}" for s, c in results["status"].value_counts(
             sort=False).sort_index().items()),
         f"rows in == rows out: {stop - start == len(results) == written}",
-        f"null model: lambda {null.lambda_remle[0]:.6g}, vg {null.s2_g[0]:.6g}, ve {null.s2_e[0]:.6g}, "
-        f"pve {null.pve[0]:.6g} (se {null.pve_se[0]:.6g}), REML logl {null.logl_remle[0]:.6g}, "
-        f"ML logl {null.logl_mle[0]:.6g}",
         f"genomic inflation lambda_GC (p_wald): {genomic_inflation(results['p_wald'][ok].to_numpy()):.4f}",
         f"output: {path}",
     ]

@@ -147,14 +147,24 @@ class BimbamReader:
         return lines
 
     def __getitem__(self, index):
+        """reader[rows, a:b] or reader[rows, positions] (sorted int array: the span is read, then selected)."""
         rows, cols = index
-        start, stop, step = cols.indices(self.shape[1]) if isinstance(cols, slice) else (None, None, None)
-        if step != 1:
-            raise TypeError("BimbamReader reads contiguous variant ranges: reader[:, a:b]")
+        if isinstance(cols, slice):
+            start, stop, step = cols.indices(self.shape[1])
+            if step != 1:
+                raise TypeError("BimbamReader reads contiguous variant ranges: reader[:, a:b]")
+            selected = None
+        else:
+            positions = np.asarray(cols, dtype=np.int64)
+            if positions.size == 0:
+                return np.empty((self.shape[0], 0))[rows]
+            start, stop = int(positions.min()), int(positions.max()) + 1
+            selected = positions - start
         if stop <= start:
             return np.empty((self.shape[0], 0))[rows]
         if self._stream is None or start < self._next:
             self._rewind()
         self._read(start - self._next)
         lines = self._read(stop - start)
-        return _parse_values(self.path, lines, int(self._line_numbers[start]), self.shape[0])[rows]
+        values = _parse_values(self.path, lines, int(self._line_numbers[start]), self.shape[0])
+        return (values if selected is None else values[:, selected])[rows]

@@ -159,3 +159,28 @@ def match_samples(fid: np.ndarray, iid: np.ndarray, table: Table) -> np.ndarray:
         raise InputError(f"{table.path}: none of its {len(table.iid)} samples (FID IID) is in the genotype file "
                          f"(e.g. {table.fid[0]} {table.iid[0]} vs {fid[0]} {iid[0]})")
     return rows
+
+
+def read_id_list(path, fields: int) -> list:
+    """IDs listed one per line (first ``fields`` fields of each line, e.g. 1 for variant IDs, 2 for FID IID)."""
+    ids = []
+    for number, row in _rows(path):
+        if len(row) < fields:
+            raise InputError(f"{path}: line {number} has {len(row)} fields, expected at least {fields}")
+        ids.append(tuple(row[:fields]) if fields > 1 else row[0])
+    if not ids:
+        raise InputError(f"{path}: no IDs listed")
+    return ids
+
+
+def indicator_columns(labels: np.ndarray, name: str) -> tuple[np.ndarray, list, str]:
+    """A categorical column (n,) of labels (None = missing) as (n, L-1) indicators of levels 2..L (NaN rows where
+    missing), their names ``name=level``, and a note naming the reference level (first in sorted order)."""
+    present = sorted({v for v in labels if v is not None})
+    if len(present) < 2:
+        raise InputError(f"categorical covariate {name!r} has {len(present)} level(s); it needs at least 2")
+    missing = np.array([v is None for v in labels])
+    columns = np.column_stack([(labels == level).astype(float) for level in present[1:]])
+    columns[missing] = np.nan
+    note = f"covariate {name!r} categorical: {len(present)} levels, reference {present[0]!r}"
+    return columns, [f"{name}={level}" for level in present[1:]], note

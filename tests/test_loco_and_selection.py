@@ -1,0 +1,122 @@
+"""Issue 8 pieces of `jaxlmm scan`: LOCO (equal to a normal scan with each chromosome's leave-one-out kinship;
+matching JAMMA's -loco on GEMMA's mouse data), --snps/--ksnps, --keep/--remove, --cat, and the memory pre-flight."""
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from jaxlmm.cli import main
+from jaxlmm.io.plink import BedReader
+from jaxlmm.kinship import filtered_relatedness, leave_one_out, relatedness_by_chromosome
+from jaxlmm.scan import scan
+
+ROOT = Path(__file__).parent.parent
+DEMO = ROOT / "jaxlmm" / "data" / "demo"
+MOUSE = ROOT / "tests" / "fixtures" / "gemma" / "mouse_hs1940"
+
+
+def _scan(capsys, *args):
+    status = main(["scan", *map(str, args)])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    return captured.out
+
+
+def test_loco_pieces_sum_to_the_whole_kinship():
+    reader = BedReader(DEMO)
+    analyzed = ~np.isnan(reader.fam.phenotype)
+    whole, used = filtered_relatedness(reader, analyzed)
+    pieces = relatedness_by_chromosome(reader, analyzed, reader.bim.chrom, chunk_size=700)  # chunks span chromosomes
+    assert sum(p for _, p in pieces.values()) == used
+    np.testing.assert_allclose(sum(S for S, _ in pieces.values()) / used, whole, rtol=1e-12, atol=1e-12)
+    on_1 = np.asarray(reader.bim.chrom) == "1"
+    direct, direct_used = filtered_relatedness(reader, analyzed, variant_mask=~on_1)
+    loo, loo_used = leave_one_out(pieces, "1")
+    assert loo_used == direct_used
+    np.testing.assert_allclose(loo, direct, rtol=1e-10, atol=1e-12)
+
+
+def test_loco_scan_equals_scans_with_leave_one_out_kinships(capsys, tmp_path):
+    out = _scan(capsys, "--bfile", DEMO, "--loco", "--out", tmp_path / "loco", "--chunk", 256)
+    assert out.count("null model (LOCO, chromosome") == 3
+    table = pd.read_csv(tmp_path / "loco.assoc.tsv", sep="\t", dtype={"chr": str})
+    reader = BedReader(DEMO)
+    y = reader.fam.phenotype
+    analyzed = ~np.isnan(y)
+    chrom = np.asarray(reader.bim.chrom)
+    for c in ("1", "3"):
+        kinship, _ = filtered_relatedness(reader, analyzed, variant_mask=chrom != c)
+        on = np.flatnonzero(chrom == c)
+        direct = scan(y[analyzed], reader[analyzed, :][:, on], kinship=kinship[np.ix_(analyzed, analyzed)],
+                      chunk_size=256).columns
+        rows = table.iloc[on]
+        ok = (rows.status == "ok").to_numpy()
+        assert list(rows.status) == list(direct["status"])
+        for key in ("p_wald", "p_lrt", "p_score", "beta"):
+            np.testing.assert_allclose(rows[key].to_numpy()[ok], direct[key][ok], rtol=2e-6, err_msg=key)
+
+
+def test_loco_matches_jamma_on_mouse_subset(capsys, tmp_path):
+    with gzip.open(ROOT / "tests" / "fixtures" / "jamma" / "mouse_loco.assoc.txt.gz", "rt") as handle:
+        jamma = pd.read_csv(handle, sep="\t")
+    chosen = jamma.rs[::15]  # ~720 variants on all chromosomes; LOCO kinships still use every variant
+    (tmp_path / "snps.txt").write_text("\n".join(chosen) + "\n")
+    out = _scan(capsys, "--bfile", MOUSE, "--loco", "--snps", tmp_path / "snps.txt", "--out", tmp_path / "m")
+    assert f"{len(chosen)} of 12226 variants tested" in out
+    ours = pd.read_csv(tmp_path / "m.assoc.tsv", sep="\t").set_index("rs").loc[chosen]
+    ref = jamma.set_index("rs").loc[chosen]
+    assert (ours.status == "ok").all()
+    for key in ("p_wald", "p_lrt", "p_score"):
+        diff = np.abs(np.log10(ours[key].to_numpy()) - np.log10(ref[key].to_numpy()))
+        assert diff.max() <= 1e-3, (key, diff.max())
+    for key in ("beta", "se", "l_remle", "l_mle"):
+        np.testing.assert_allclose(ours[key].to_numpy(), ref[key].to_numpy(), rtol=1e-4, err_msg=key)
+
+
+def test_ksnps_keep_remove_and_categorical_covariates(capsys, tmp_path):
+    reader = BedReader(DEMO)
+    fam = pd.read_csv(f"{DEMO}.fam", sep=r"\s+", header=None)
+    (tmp_path / "ksnps.txt").write_text("\n".join(reader.bim.rsid[:1500]) + "\n")
+    (tmp_path / "keep.txt").write_text("\n".join(f"{f} {i}" for f, i in zip(fam[0][:400], fam[1][:400])) + "\n")
+    (tmp_path / "remove.txt").write_text(f"{fam[0][0]} {fam[1][0]}\n")
+    covar = pd.read_csv(DEMO.parent / "demo_covariates.txt", sep="\t")
+    covar["site"] = np.array(["north", "south", "east"])[np.arange(len(covar)) % 3]
+    covar.to_csv(tmp_path / "covar.txt", sep="\t", index=False)
+    out = _scan(capsys, "--bfile", DEMO, "--ksnps", tmp_path / "ksnps.txt", "--keep", tmp_path / "keep.txt",
+                "--remove", tmp_path / "remove.txt", "--covar", tmp_path / "covar.txt", "--cat", "site",
+                "--mode", "null", "--out", tmp_path / "r")
+    analyzed = np.zeros(len(fam), bool)
+    analyzed[1:400] = True
+    analyzed &= ~np.isnan(reader.fam.phenotype)
+    assert f"samples analyzed: {analyzed.sum()} of 600" in out
+    assert "covariate 'site' categorical: 3 levels, reference 'east'" in out
+    assert "kinship: computed (-gk 1) from" in out
+    used = int(out.split("kinship: computed (-gk 1) from ")[1].split()[0])
+    assert used <= 1500
+    # the same model by hand: indicator covariates, kinship from the first 1500 variants
+    mask = np.zeros(reader.shape[1], bool)
+    mask[:1500] = True
+    kinship, direct_used = filtered_relatedness(reader, analyzed, variant_mask=mask)
+    assert direct_used == used
+    site = covar.site.to_numpy()[analyzed]
+    covariates = np.c_[covar.sex.to_numpy()[analyzed], covar.age.to_numpy()[analyzed], site == "north",
+                       site == "south"].astype(float)
+    direct = scan(reader.fam.phenotype[analyzed], reader[analyzed, :], covariates, mode="null",
+                  kinship=kinship[np.ix_(analyzed, analyzed)]).columns
+    table = pd.read_csv(tmp_path / "r.assoc.tsv", sep="\t")
+    ok = (table.status == "ok").to_numpy()
+    np.testing.assert_allclose(table.p_wald.to_numpy()[ok], direct["p_wald"][ok], rtol=1e-5)
+
+
+def test_memory_preflight_refuses_before_allocating(capsys, tmp_path):
+    status = main(["scan", "--bfile", str(MOUSE), "--out", str(tmp_path / "r"), "--max-memory", "0.7",
+                   "--chunk", "100000"])
+    err = capsys.readouterr().err
+    assert status == 2 and "over --max-memory 0.7 GiB; --chunk" in err and "would fit" in err
+    assert not (tmp_path / "r.assoc.tsv.partial").exists()  # stopped before writing anything
+    status = main(["scan", "--bfile", str(MOUSE), "--out", str(tmp_path / "r"), "--max-memory", "0.1"])
+    err = capsys.readouterr().err
+    assert status == 2 and "no chunk size fits" in err
