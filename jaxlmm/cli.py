@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--snps", help="file of variant IDs to test (first field per line)")
     scan.add_argument("--ksnps", help="file of variant IDs to build the kinship from")
     scan.add_argument("--cat", help="comma-separated categorical covariate columns (indicator coded)")
+    scan.add_argument("--eigen", help="file prefix caching the kinship's eigendecomposition (reused when its key "
+                      "matches the kinship, refused when stale)")
     scan.add_argument("--max-memory", type=float, help="GiB this run may use; stop early with advice if more")
     scan.set_defaults(run=_scan)
     grm = sub.add_parser("grm", help="kinship matrix (GEMMA -gk 1 centred / -gk 2 standardized)")

@@ -27,7 +27,8 @@ class ScanConfig(NamedTuple):
     (first field per line; the others are not tested, and the log says how many); ``ksnps``: variant IDs for the
     kinship. ``cat``: comma-separated covariate columns that are categorical (indicator columns, first level in
     sorted order the reference). ``max_memory``: GiB the run may use; a run estimated to need more stops before
-    allocating, suggesting a chunk size."""
+    allocating, suggesting a chunk size. ``eigen``: file prefix of a cached eigendecomposition of the kinship
+    (written when absent, reused when its key matches, refused when stale; LOCO adds ``.loco<chromosome>``)."""
 
     bfile: str | None = None
     geno: str | None = None
@@ -55,16 +56,18 @@ class ScanConfig(NamedTuple):
     ksnps: str | None = None
     cat: str | None = None
     max_memory: float | None = None
+    eigen: str | None = None
 
 
 SCAN_KEYS = ScanConfig._fields
-PATH_KEYS = ("bfile", "geno", "pheno", "anno", "covar", "kinship", "out", "keep", "remove", "snps", "ksnps")
+PATH_KEYS = ("bfile", "geno", "pheno", "anno", "covar", "kinship", "out", "keep", "remove", "snps", "ksnps",
+             "eigen")
 _TYPES = {
     "bfile": (str,), "geno": (str,), "pheno": (str,), "anno": (str,), "pheno_col": (int, str), "covar": (str,),
     "kinship": (str,), "groups": (str,), "gk": (int,), "mode": (str,), "out": (str,), "chunk": (int,),
     "min_maf": (float, int), "max_missing": (float, int), "max_iter": (int,), "rotation": (str,), "plots": (bool,),
     "resume": (bool,), "part": (str,), "loco": (bool,), "keep": (str,), "remove": (str,), "snps": (str,),
-    "ksnps": (str,), "cat": (str,), "max_memory": (float, int),
+    "ksnps": (str,), "cat": (str,), "max_memory": (float, int), "eigen": (str,),
 }
 _CHOICES = {"mode": ("exact", "null"), "rotation": ("float64", "float32"), "gk": (1, 2)}
 

@@ -196,7 +196,7 @@ def fingerprint(config: ScanConfig) -> dict:
             if os.path.exists(path):
                 stat = os.stat(path)
                 files[os.path.abspath(path)] = [stat.st_size, int(stat.st_mtime)]
-    settings = config._replace(resume=False, plots=False, max_memory=None)._asdict()
+    settings = config._replace(resume=False, plots=False, max_memory=None, eigen=None)._asdict()
     return {"files": files, "settings": settings, "version": 1}
 
 
@@ -244,14 +244,18 @@ def share(config: ScanConfig, runs: list, chunk_size: int, m: int) -> tuple[int,
     return at((i - 1) * len(starts) // n), at(i * len(starts) // n)
 
 
-def _prepare(config, inputs, random):
+def _prepare(config, inputs, random, chromosome=None):
     import jax.numpy as jnp
+
+    cache = None
+    if config.eigen is not None and "kinship" in random:
+        cache = config.eigen if chromosome is None else f"{config.eigen}.loco{chromosome}"
 
     try:
         return prepare_scan(inputs.y, inputs.covariates, mode=config.mode, chunk_size=config.chunk,
                             min_maf=config.min_maf, max_missing=config.max_missing, max_iter=config.max_iter,
                             rotation_dtype=jnp.dtype(config.rotation),
-                            covariate_names=inputs.covariate_names or None, **random)
+                            covariate_names=inputs.covariate_names or None, eigen_cache=cache, **random)
     except InputError as err:  # name the files the model came from
         sources = [config.bfile or config.geno, config.pheno, config.covar, config.kinship]
         raise InputError(f"{', '.join(filter(None, sources))}: {err}") from None
@@ -313,7 +317,7 @@ def run_scan(config: ScanConfig, on_chunk: Callable[[int, int], None] | None = N
         if first >= last:
             continue
         if current is None or current[0] != run.chromosome:
-            current = (run.chromosome, _prepare(config, inputs, random_for(run.chromosome)))
+            current = (run.chromosome, _prepare(config, inputs, random_for(run.chromosome), run.chromosome))
             lines.append(_null_line("" if run.chromosome is None else f" (LOCO, chromosome {run.chromosome})",
                                     current[1].null))
         for chunk in scan_chunks(current[1], rows, first, last):

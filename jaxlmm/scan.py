@@ -364,9 +364,11 @@ def prepare_scan(
     center_kinship: bool = True,
     rotation_dtype=jnp.float64,
     covariate_names=None,
+    eigen_cache: str | None = None,
 ) -> PreparedScan:
     """Validate the model without variants, decompose its kernel and fit the null models (arguments as in
-    :func:`scan`; covariate_names (c0,) name the covariate columns in messages)."""
+    :func:`scan`; covariate_names (c0,) name the covariate columns in messages; eigen_cache: a file prefix where
+    the kinship's eigendecomposition is read from or written to, see :mod:`jaxlmm.io.eigen_cache`)."""
     if mode not in ("exact", "null"):
         raise validate.InputError(f"mode must be 'exact' or 'null', got {mode!r}")
     if int(chunk_size) < 1:
@@ -394,7 +396,13 @@ def prepare_scan(
     else:
         term = structure.group_term(validate.groups(groups, n, "groups"))
     with jax.enable_x64(True):
-        return _prepare_validated(Y, cov, term, mode, int(chunk_size), min_maf, max_missing, max_iter,
+        if eigen_cache is not None:
+            from .io.eigen_cache import cached_spectral_basis
+
+            basis = cached_spectral_basis(term, eigen_cache)
+        else:
+            basis = structure.spectral_basis(term)
+        return _prepare_validated(Y, cov, term, basis, mode, int(chunk_size), min_maf, max_missing, max_iter,
                                   rotation_dtype)
 
 
@@ -448,9 +456,8 @@ def _device_placement(chunk_size: int):
             chunk_size)
 
 
-def _prepare_validated(Y, cov, term, mode, chunk_size, min_maf, max_missing, max_iter, rotation_dtype):
+def _prepare_validated(Y, cov, term, basis, mode, chunk_size, min_maf, max_missing, max_iter, rotation_dtype):
     n, c = cov.shape
-    basis = structure.spectral_basis(term)
     trace_ratio = structure.mean_kernel_diagonal(term)
     null = _null_models(basis, cov, Y, trace_ratio, max_iter)
     cy = np.concatenate([np.broadcast_to(cov, (Y.shape[1], n, c)), Y.T[:, :, None]], axis=2)  # (P, n, c+1)

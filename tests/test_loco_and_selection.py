@@ -120,3 +120,17 @@ def test_memory_preflight_refuses_before_allocating(capsys, tmp_path):
     status = main(["scan", "--bfile", str(MOUSE), "--out", str(tmp_path / "r"), "--max-memory", "0.1"])
     err = capsys.readouterr().err
     assert status == 2 and "no chunk size fits" in err
+
+
+def test_eigendecomposition_cache_reused_and_stale_refused(capsys, tmp_path):
+    args = ["--bfile", DEMO, "--mode", "null", "--eigen", tmp_path / "cache" / "demo"]
+    _scan(capsys, *args, "--out", tmp_path / "first")
+    assert (tmp_path / "cache" / "demo.eigen.json").exists()
+    written = (tmp_path / "cache" / "demo.eigenvectors.npy").stat().st_mtime_ns
+    _scan(capsys, *args, "--out", tmp_path / "second")
+    assert (tmp_path / "cache" / "demo.eigenvectors.npy").stat().st_mtime_ns == written  # reused, not rewritten
+    assert (tmp_path / "first.assoc.tsv").read_bytes() == (tmp_path / "second.assoc.tsv").read_bytes()
+    fam = pd.read_csv(f"{DEMO}.fam", sep=r"\s+", header=None)
+    (tmp_path / "remove.txt").write_text(f"{fam[0][5]} {fam[1][5]}\n")
+    status = main(["scan", *map(str, args), "--remove", str(tmp_path / "remove.txt"), "--out", str(tmp_path / "x")])
+    assert status == 2 and "stale eigendecomposition" in capsys.readouterr().err
