@@ -36,7 +36,7 @@ def _scan_config(args):
     from .config import SCAN_KEYS, scan_config
 
     flags = {key: getattr(args, key, None) for key in SCAN_KEYS}
-    for key in ("plots", "resume", "loco"):
+    for key in ("plots", "resume", "loco", "distributed"):
         flags[key] = True if flags[key] else None  # absent switches leave the config file's value
     return scan_config(args.config, **flags)
 
@@ -61,9 +61,15 @@ def _progress(stream=sys.stderr):
 
 
 def _scan(args) -> int:
+    config = _scan_config(args)
+    if config.distributed:
+        from .distributed import run_distributed
+
+        print("\n".join(run_distributed(config, on_chunk=_progress())))
+        return 0
     from .pipeline import run_scan
 
-    print("\n".join(run_scan(_scan_config(args), on_chunk=_progress())))
+    print("\n".join(run_scan(config, on_chunk=_progress())))
     return 0
 
 
@@ -139,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--cat", help="comma-separated categorical covariate columns (indicator coded)")
     scan.add_argument("--eigen", help="file prefix caching the kinship's eigendecomposition (reused when its key "
                       "matches the kinship, refused when stale)")
+    scan.add_argument("--distributed", action="store_true", help="multi-process run on jax.distributed: each "
+                      "process scans its share, process 0 merges")
+    scan.add_argument("--coordinator", help="host:port of process 0 (jax.distributed; default: from the cluster)")
+    scan.add_argument("--num-processes", type=int, help="processes in a --distributed run")
+    scan.add_argument("--process-id", type=int, help="this process's index in a --distributed run")
     scan.add_argument("--max-memory", type=float, help="GiB this run may use; stop early with advice if more")
     scan.set_defaults(run=_scan)
     grm = sub.add_parser("grm", help="kinship matrix (GEMMA -gk 1 centred / -gk 2 standardized)")

@@ -28,7 +28,10 @@ class ScanConfig(NamedTuple):
     kinship. ``cat``: comma-separated covariate columns that are categorical (indicator columns, first level in
     sorted order the reference). ``max_memory``: GiB the run may use; a run estimated to need more stops before
     allocating, suggesting a chunk size. ``eigen``: file prefix of a cached eigendecomposition of the kinship
-    (written when absent, reused when its key matches, refused when stale; LOCO adds ``.loco<chromosome>``)."""
+    (written when absent, reused when its key matches, refused when stale; LOCO adds ``.loco<chromosome>``).
+    ``distributed``: a multi-process run on JAX's runtime (``jax.distributed``): each process scans its share of the
+    chunks, process 0 merges the shares; ``coordinator`` (host:port), ``num_processes``, ``process_id`` are passed
+    to ``jax.distributed.initialize`` (None: detected from the cluster environment, e.g. SLURM)."""
 
     bfile: str | None = None
     geno: str | None = None
@@ -57,6 +60,10 @@ class ScanConfig(NamedTuple):
     cat: str | None = None
     max_memory: float | None = None
     eigen: str | None = None
+    distributed: bool = False
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
 
 
 SCAN_KEYS = ScanConfig._fields
@@ -67,7 +74,8 @@ _TYPES = {
     "kinship": (str,), "groups": (str,), "gk": (int,), "mode": (str,), "out": (str,), "chunk": (int,),
     "min_maf": (float, int), "max_missing": (float, int), "max_iter": (int,), "rotation": (str,), "plots": (bool,),
     "resume": (bool,), "part": (str,), "loco": (bool,), "keep": (str,), "remove": (str,), "snps": (str,),
-    "ksnps": (str,), "cat": (str,), "max_memory": (float, int), "eigen": (str,),
+    "ksnps": (str,), "cat": (str,), "max_memory": (float, int), "eigen": (str,), "distributed": (bool,),
+    "coordinator": (str,), "num_processes": (int,), "process_id": (int,),
 }
 _CHOICES = {"mode": ("exact", "null"), "rotation": ("float64", "float32"), "gk": (1, 2)}
 
@@ -137,6 +145,8 @@ def _consistent(config: ScanConfig) -> ScanConfig:
         raise InputError(f"max_iter must be at least 1, got {config.max_iter}")
     if config.part is not None:
         part_share(config.part)
+        if config.distributed:
+            raise InputError("part and distributed both split the scan: give one of them")
     return config
 
 

@@ -196,7 +196,8 @@ def fingerprint(config: ScanConfig) -> dict:
             if os.path.exists(path):
                 stat = os.stat(path)
                 files[os.path.abspath(path)] = [stat.st_size, int(stat.st_mtime)]
-    settings = config._replace(resume=False, plots=False, max_memory=None, eigen=None)._asdict()
+    settings = config._replace(resume=False, plots=False, max_memory=None, eigen=None, distributed=False,
+                               coordinator=None, num_processes=None, process_id=None)._asdict()
     return {"files": files, "settings": settings, "version": 1}
 
 

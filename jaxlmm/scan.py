@@ -446,7 +446,7 @@ def scan(y, genotypes, covariates=None, *, variant_names=None, **options) -> Sca
 def _device_placement(chunk_size: int):
     """Shard chunks over the variant axis when JAX sees several devices; returns (chunk sharding, replicated
     sharding, chunk size rounded up to a multiple of the device count). Single device: (None, None, chunk_size)."""
-    devices = jax.devices()
+    devices = jax.local_devices()  # in a multi-process run each process scans its own share on its own devices
     if len(devices) == 1:
         return None, None, chunk_size
     mesh = jax.sharding.Mesh(np.asarray(devices), ("variants",))

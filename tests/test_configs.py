@@ -116,3 +116,26 @@ def test_parts_merge_to_identical_output(demo_run, tmp_path):
     os.remove(f"{out}.part2of3.assoc.tsv")
     done = _cli("merge", "--out", str(out))
     assert done.returncode == 2 and "parts [2] of 3 are missing" in done.stderr
+
+
+def test_two_process_distributed_run_equals_one_process(demo_run, tmp_path):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "dist"
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "jaxlmm.cli", "scan", "--config", "configs/demo.toml", "--chunk",
+                          CHUNK, "--out", str(out), "--distributed", "--coordinator", f"127.0.0.1:{port}",
+                          "--num-processes", "2", "--process-id", str(i)], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=600) for p in processes]
+    for process, (stdout, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr[-3000:]
+    assert "process 1 of 2" in outputs[0][0] and "process 2 of 2" in outputs[1][0]
+    assert "jaxlmm merge: 2 parts" in outputs[0][0]
+    assert Path(f"{out}.assoc.tsv").read_bytes() == Path(f"{demo_run}.assoc.tsv").read_bytes()
+    assert not Path(f"{out}.part1of2.assoc.tsv").exists()
