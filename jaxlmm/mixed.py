@@ -21,15 +21,20 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import cho_solve
 
-from .likelihood import gls, profiled_criterion_from_stats, residual_df
+from .likelihood import gls
 from .optimize import DEFAULT_MAX_ITER, minimize
 from .pls import (Layout, PLSObjective, ThetaTransform, conditional_covariances, conditional_modes,
-                  dense_inverse_block, empty_block, pls_data, pls_factor,
+                  dense_inverse_block, empty_block, pls_criterion, pls_data, pls_factor,
                   relative_factors)
 from .reterms import ReBlock, order_blocks
 
 BOUNDARY_THETA = 1e-2  # diagonal theta entries ending below this are tried at exactly 0
 SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on the diagonal of theta
+# Every model shape compiles its own optimizer loop; LLVM's backend optimizations would double that compile time
+# while the heavy work (Cholesky, matrix products) runs in library kernels they do not touch.
+_FAST_COMPILE = {"xla_backend_optimization_level": 0}
+_minimize = jax.jit(minimize.__wrapped__, static_argnames=("objective", "max_iter", "transform"),
+                    compiler_options=_FAST_COMPILE)
 
 
 class MixedFit(NamedTuple):
@@ -90,16 +95,16 @@ class MixedFit(NamedTuple):
     model: object = None
 
 
-@partial(jax.jit, static_argnames=("layout", "method"))
-def _estimates(theta, data, layout: Layout, method: str):
-    """Everything a fit reports at theta, in one compiled program: the factor, b, s2, the criterion, cov(b),
-    conditional modes and covariances (per block) and the relative factors T_b."""
+@partial(jax.jit, static_argnames="layout", compiler_options=_FAST_COMPILE)
+def _estimates(theta, data, layout: Layout, reml):
+    """Everything a fit reports at theta, in one compiled program (``reml`` traced, so REML and ML share it): the
+    factor, b, s2, the criterion, cov(b), conditional modes and covariances (per block) and the relative factors."""
     factor = pls_factor(theta, data, layout)
     sol = gls(factor.stats)
     p = sol.beta.shape[0]
-    s2 = sol.q / residual_df(data.n, p, method)
+    s2 = sol.q / (data.n - jnp.where(reml, p, 0))
     cov = s2 * cho_solve((sol.xhx_chol, True), jnp.eye(p, dtype=theta.dtype))
-    return (factor, sol.beta, s2, profiled_criterion_from_stats(factor.stats, data.n, method), cov,
+    return (factor, sol.beta, s2, pls_criterion(theta, data, layout, reml), cov,
             conditional_modes(factor, theta, layout, sol.beta), conditional_covariances(factor, theta, layout, s2),
             relative_factors(theta, layout))
 
@@ -111,7 +116,7 @@ def _optimize(data, layout: Layout, reml: bool, max_iter: int, start=None):
     free = np.ones(layout.n_theta, dtype=bool)
     params = jnp.zeros(layout.n_theta) if start is None else jnp.asarray(start)  # lme4's start: T_b = I
     args = (data, jnp.asarray(reml))
-    result = minimize(objective, params, jnp.asarray(free), args, max_iter=max_iter, transform=transform)
+    result = _minimize(objective, params, jnp.asarray(free), args, max_iter=max_iter, transform=transform)
     iterations = int(result.iterations)
     for _ in range(int(is_diagonal.sum())):
         theta = np.asarray(transform(result.params, jnp.asarray(free)))
@@ -121,7 +126,7 @@ def _optimize(data, layout: Layout, reml: bool, max_iter: int, start=None):
         j = min(candidates, key=lambda i: theta[i])
         trial_free = free.copy()
         trial_free[j] = False
-        trial = minimize(objective, result.params, jnp.asarray(trial_free), args, max_iter=max_iter,
+        trial = _minimize(objective, result.params, jnp.asarray(trial_free), args, max_iter=max_iter,
                          transform=transform)
         iterations += int(trial.iterations)
         value = float(result.value)
@@ -151,7 +156,7 @@ def _fit(y, X, names, blocks, method, max_iter, formula, model) -> MixedFit:
     data, layout = pls_data(blocks, X, y)
     theta, free, result, iterations = _optimize(data, layout, method == "REML", max_iter)
     theta_j = jnp.asarray(theta)
-    estimates = _estimates(theta_j, data, layout, method)
+    estimates = _estimates(theta_j, data, layout, jnp.asarray(method == "REML"))
     factor = estimates[0]
     beta, s2, criterion, cov, modes, condvars, factors = jax.tree.map(np.asarray, estimates[1:])
     s2, criterion = float(s2), float(criterion)
