@@ -127,3 +127,19 @@ def test_intercept_only_boundary_fixture_through_pls_matches_lme4():
             assert fit.singular == want["singular"]
             if want["singular"]:
                 assert fit.covariances[0][0, 0] == 0.0
+
+
+def test_summary_text_and_json_view():
+    from jaxlmm.report import mixed_summary, mixed_to_dict
+
+    ref, _ = load("sleepstudy_slope")
+    fit = fitted("sleepstudy_slope", "REML")
+    text = mixed_summary(fit)
+    assert f"REML criterion at convergence: {ref['REML']['reml_criterion']:.4f}" in text
+    assert "Scaled residuals:" in text and "Number of obs: 180, groups:  Subject, 18" in text
+    assert " Days " in text and "0.07" in text  # the slope row carries the intercept-slope correlation
+    view = mixed_to_dict(fit)
+    want = {(r["grp"], r["var1"]): r["vcov"] for r in ref["REML"]["varcorr"] if not r["var2"]}
+    assert view["varcomp"]["Subject.Days"] == pytest.approx(want[("Subject", "Days")], rel=1e-5)
+    assert view["ranef"]["Subject"]["308"]["Days"] == pytest.approx(ref["REML"]["ranef"]["Subject"]["308"]["Days"],
+                                                                     rel=1e-5)
