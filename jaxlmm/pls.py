@@ -100,19 +100,32 @@ def pls_data(blocks: list, X: np.ndarray, y: np.ndarray) -> tuple[PLSData, Layou
     an empty grouping block (no levels, k = 0) stands in when the model has only kernel blocks."""
     n = y.shape[0]
     data = np.concatenate([X, y[:, None]], axis=1)
-    first, rest = blocks[0], blocks[1:]
-    z2 = np.concatenate([dense_z(b) for b in rest], axis=1) if rest else np.zeros((n, 0))
+    first, z2 = blocks[0], dense_part(blocks)
     l1, k1 = first.size
-    d11, z1d, z1z2 = np.zeros((l1, k1, k1)), np.zeros((l1, k1, data.shape[1])), np.zeros((l1, k1, z2.shape[1]))
+    d11 = np.zeros((l1, k1, k1))
     if l1:
-        v = first.values
-        np.add.at(d11, first.codes, v[:, :, None] * v[:, None, :])
-        np.add.at(z1d, first.codes, v[:, :, None] * data[:, None, :])
-        for c in range(k1):
-            np.add.at(z1z2[:, c, :], first.codes, v[:, c, None] * z2)
-    arrays = (d11, z1d, z1z2, z2.T @ z2, z2.T @ data, data.T @ data, np.asarray(float(n)))
+        np.add.at(d11, first.codes, first.values[:, :, None] * first.values[:, None, :])
+    z1d, z2d = z_cross(first, z2, data)
+    arrays = (d11, z1d, z_cross(first, z2, z2)[0], z2.T @ z2, z2d, data.T @ data, np.asarray(float(n)))
     layout = Layout(tuple(b.size for b in blocks))
     return PLSData(*(jnp.asarray(a) for a in arrays)), layout
+
+
+def dense_part(blocks: list) -> np.ndarray:
+    """``Z_2`` (n, q_2): the columns of Z of blocks 1.. (those factorized densely)."""
+    rest = blocks[1:]
+    if not rest:  # then block 0 is a grouping factor with a code per observation
+        return np.zeros((blocks[0].codes.shape[0], 0))
+    return np.concatenate([dense_z(b) for b in rest], axis=1)
+
+
+def z_cross(first: ReBlock, z2: np.ndarray, A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``Z_1'A`` as (l_1, k_1, d) (segment sums by level, no Z_1 formed) and ``Z_2'A`` (q_2, d); A: (n, d)."""
+    l1, k1 = first.size
+    z1a = np.zeros((l1, k1, A.shape[1]))
+    for c in range(k1):
+        np.add.at(z1a[:, c, :], first.codes, first.values[:, c, None] * A)
+    return z1a, z2.T @ A
 
 
 def empty_block() -> ReBlock:

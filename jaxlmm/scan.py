@@ -334,6 +334,7 @@ def scan(
     variant_names=None,
     center_kinship: bool = True,
     rotation_dtype=jnp.float64,
+    random=None,
 ) -> ScanResult:
     """Fit ``y ~ covariates + variant_j + random effect`` for every variant j and test it (GEMMA ``-lmm 4`` tests).
 
@@ -348,8 +349,16 @@ def scan(
     rotation_dtype: dtype of the genotype rotation ``U'X`` (float64 default; float32 is about twice as fast on a GPU
                  and costs ~1e-7 relative in the rotated genotypes); the per-variant fits always run in float64
     Chunks are sharded over the variant axis across all JAX devices when there are several.
+    random:      general random effects instead of kinship/groups (blocks from :func:`jaxlmm.scan_mixed.random_blocks`:
+                 random slopes, crossed/nested factors, kinship beside them): per-variant PLS fits, see
+                 :mod:`jaxlmm.scan_mixed` (y: (n,), exact REML/ML only)
     Returns a :class:`ScanResult` with one row per (phenotype, variant).
     """
+    if random is not None:
+        from .scan_mixed import scan_mixed
+
+        return scan_mixed(y, genotypes, covariates, blocks=random, intercept=intercept, chunk_size=chunk_size,
+                          min_maf=min_maf, max_missing=max_missing, variant_names=variant_names)
     if mode not in ("exact", "null"):
         raise validate.InputError(f"mode must be 'exact' or 'null', got {mode!r}")
     Y = np.asarray(y, dtype=float)
