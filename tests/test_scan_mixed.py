@@ -20,7 +20,7 @@ def test_scan_on_random_slopes_and_crossed_factor_equals_single_fits():
     G[:, 3] = 1.0  # monomorphic: kept as a row, not fitted
     G[:2, 4] = np.nan  # mean-imputed
     y = table.y.to_numpy() + 0.3 * G[:, 0]
-    blocks = random_blocks("(1 + x | g) + (1 | h)", table)
+    blocks = random_blocks("(1 + x | g) + (1 | h)", table)  # blocked slope factor + a dense crossed factor
     result = jaxlmm.scan(y, G, table.x.to_numpy(), random=blocks, chunk_size=4, max_missing=0.05)
     cols = result.columns
     assert list(cols["status"]) == ["ok", "ok", "ok", "monomorphic", "ok"]
