@@ -17,7 +17,14 @@ from typing import NamedTuple
 import numpy as np
 
 from .mixed import MixedFit, fit_mixed
-from .reterms import blocks_from_frame, group_labels, kinship_block, order_blocks, split_random, term_columns
+from .reterms import (
+    blocks_from_frame,
+    group_labels,
+    kinship_block,
+    order_blocks,
+    split_random,
+    term_columns,
+)
 from .validate import InputError
 
 

@@ -23,9 +23,19 @@ from jax.scipy.linalg import cho_solve
 
 from .likelihood import gls
 from .optimize import DEFAULT_MAX_ITER, minimize
-from .pls import (Layout, PLSObjective, ThetaTransform, conditional_covariances, conditional_modes,
-                  dense_inverse_block, empty_block, pls_criterion, pls_data, pls_factor,
-                  relative_factors)
+from .pls import (
+    Layout,
+    PLSObjective,
+    ThetaTransform,
+    conditional_covariances,
+    conditional_modes,
+    dense_inverse_block,
+    empty_block,
+    pls_criterion,
+    pls_data,
+    pls_factor,
+    relative_factors,
+)
 from .reterms import ReBlock, order_blocks
 
 BOUNDARY_THETA = 1e-2  # diagonal theta entries ending below this are tried at exactly 0

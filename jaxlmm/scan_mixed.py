@@ -29,8 +29,17 @@ from . import validate
 from .likelihood import gls
 from .mixed import _FAST_COMPILE, MixedFit, fit_mixed
 from .optimize import minimize
-from .pls import (Layout, PLSData, PLSObjective, ThetaTransform, dense_part, empty_block, pls_data, pls_factor,
-                  z_cross)
+from .pls import (
+    Layout,
+    PLSData,
+    PLSObjective,
+    ThetaTransform,
+    dense_part,
+    empty_block,
+    pls_data,
+    pls_factor,
+    z_cross,
+)
 from .pvalues import chi2_1_sf, f1_sf
 from .reterms import blocks_from_frame, kinship_block, order_blocks, split_random
 from .scan import ScanResult, _column_chunks, _impute

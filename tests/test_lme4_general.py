@@ -1,7 +1,7 @@
 """General random-effect structures against lme4 (fixtures by tests/fixtures/lme4/make_lme4_general_fixtures.R)."""
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ def load(name):
     return ref, pd.read_csv(FIXTURES / f"{csv}.csv", dtype={c: str for c in strings})
 
 
-@lru_cache(maxsize=None)
+@cache
 def fitted(name, method):
     ref, data = load(name)
     return lmer(ref["formula"], data, method=method)

@@ -88,9 +88,9 @@ def test_pls_criterion_matches_dense_slogdet_and_has_correct_gradients(case):
         for reml in (jnp.asarray(True), jnp.asarray(False)):
             got = float(criterion(jnp.asarray(theta), reml))
             assert got == pytest.approx(dense_oracle(theta, y, X, blocks, layout, bool(reml)), rel=1e-11)
-            check_grads(lambda t: criterion(t, reml), (jnp.asarray(theta),), order=1, modes=("rev",),
+            check_grads(lambda t, reml=reml: criterion(t, reml), (jnp.asarray(theta),), order=1, modes=("rev",),
                         atol=1e-6, rtol=1e-6)
-            check_grads(lambda t: unconstrained(t, free, reml), (jnp.asarray(np.log(theta)),), order=1,
+            check_grads(lambda t, reml=reml: unconstrained(t, free, reml), (jnp.asarray(np.log(theta)),), order=1,
                         modes=("rev",), atol=1e-6, rtol=1e-6)
 
 
