@@ -24,6 +24,7 @@ from jax.scipy.linalg import cho_solve
 from .likelihood import gls
 from .optimize import DEFAULT_MAX_ITER, minimize
 from .pls import (
+    LOG_THETA_MAX,
     Layout,
     PLSObjective,
     ThetaTransform,
@@ -198,6 +199,9 @@ def _fit(y, X, names, blocks, method, max_iter, formula, model) -> MixedFit:
     messages = []
     if singular:
         messages.append("boundary (singular) fit: see help('isSingular')")
+    if np.any(theta[diagonal] >= np.exp(LOG_THETA_MAX) * (1 - 1e-12)):
+        messages.append("boundary fit: the residual variance is (nearly) 0 relative to the random effects "
+                        f"(theta reached its cap e^{LOG_THETA_MAX:g})")
     if not bool(result.converged):
         messages.append(f"optimizer did not converge in {max_iter} iterations")
     variance_parts = {"fixed": float(np.var(X @ beta, ddof=1)), **parts, "residual": s2}

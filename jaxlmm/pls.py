@@ -40,6 +40,8 @@ from jax.scipy.linalg import solve_triangular
 from .likelihood import WeightedStats, profiled_criterion_from_stats
 from .reterms import ReBlock, dense_z
 
+LOG_THETA_MAX = 7.0  # theta diagonal <= e^7 ~ 1100: random SD / residual SD, variance ratio ~1.2e6
+
 
 class Layout(NamedTuple):
     """Static shape of the random effects (hashable, so jit specializes on it).
@@ -55,7 +57,8 @@ class Layout(NamedTuple):
 
     def theta_is_diagonal(self) -> np.ndarray:
         """(n_theta,) bool: which theta entries are diagonal elements of some T_b."""
-        return np.concatenate([[r == c for c in range(k) for r in range(c, k)] for _, k in self.sizes])
+        return np.concatenate([np.array([r == c for c in range(k) for r in range(c, k)], dtype=bool)
+                               for _, k in self.sizes])
 
 
 class PLSData(NamedTuple):
@@ -149,9 +152,15 @@ def relative_factors(theta: jnp.ndarray, layout: Layout) -> list:
 
 
 def theta_from_params(params: jnp.ndarray, free: jnp.ndarray, is_diagonal) -> jnp.ndarray:
-    """Unconstrained parameters -> theta: diagonal entries ``exp(t)`` (exactly 0 where not ``free``), others ``t``."""
+    """Unconstrained parameters -> theta: diagonal entries ``exp(min(t, LOG_THETA_MAX))`` (exactly 0 where not
+    ``free``), others ``t``.
+
+    The cap keeps the Woodbury difference ``[X y]'[X y] - C'C`` accurate: its rounding error grows like
+    ``eps theta^2 |Z|^2``, so a fit whose residual variance heads to 0 (theta to infinity) stops at the cap (flat
+    criterion beyond it) instead of running into rounding noise; :func:`jaxlmm.mixed.fit_mixed` reports it.
+    """
     is_diagonal = jnp.asarray(is_diagonal)
-    positive = jnp.where(free, jnp.exp(jnp.where(free, params, 0.0)), 0.0)
+    positive = jnp.where(free, jnp.exp(jnp.minimum(jnp.where(free, params, 0.0), LOG_THETA_MAX)), 0.0)
     return jnp.where(is_diagonal, positive, params)
 
 

@@ -8,7 +8,9 @@ import pytest
 from jax.test_util import check_grads
 
 import jaxlmm
+import jaxlmm.likelihood
 from jaxlmm import pls, reterms
+from jaxlmm.likelihood import DenseData
 from jaxlmm.lmer import lmer
 from jaxlmm.validate import InputError
 
@@ -142,3 +144,35 @@ def test_nested_and_uncorrelated_terms_parse_as_lme4():
     assert fixed == "x"
     assert [(s.expr, s.group, s.correlated) for s in specs] == [
         ("1", "a", True), ("1", "b:a", True), ("x", "g", False)]
+
+
+def test_kinship_only_model_matches_the_spectral_fit():
+    """No grouping factor: an empty block heads the factorization and the kinship block is the dense part."""
+    rng = np.random.default_rng(7)
+    genotypes = rng.binomial(2, 0.4, size=(40, 12)).astype(float)
+    K = np.cov(genotypes)  # rank < n: the residual variance is identified
+    y = 1.0 + genotypes @ rng.normal(size=12) * 0.5 + 0.7 * rng.normal(size=40)
+    mixed = lmer("y ~ 1", {"y": y}, kinship=K)
+    spectral = jaxlmm.fit(y, kinship=K)
+    assert mixed.covariances[0][0, 0] > 0.05 and not mixed.singular
+    assert mixed.criterion <= spectral.criterion + 1e-6
+    assert mixed.criterion == pytest.approx(spectral.criterion, abs=1e-6)
+    np.testing.assert_allclose(mixed.covariances[0][0, 0], spectral.variances[0], rtol=1e-4)
+    np.testing.assert_allclose(mixed.ranef[0][:, 0], spectral.ranef[0], rtol=1e-3, atol=1e-6)
+
+
+
+def test_residual_variance_heading_to_zero_stops_at_the_theta_cap():
+    """Full-rank K where the ML/REML optimum has s2_e -> 0: theta stops at e^LOG_THETA_MAX, the criterion there is the
+    dense one (no rounding-noise optimum beyond), and the fit says so."""
+    rng = np.random.default_rng(7)
+    K = kinship_matrix(40, seed=8)
+    y = 1.0 + np.linalg.cholesky(K) @ rng.normal(size=40) * 1.5 + 0.7 * rng.normal(size=40)
+    fit = lmer("y ~ 1", {"y": y}, kinship=K)
+    assert fit.theta[0] == pytest.approx(np.exp(pls.LOG_THETA_MAX), rel=1e-12)
+    assert any("residual variance is (nearly) 0" in m for m in fit.messages)
+    with jax.enable_x64(True):
+        dense = jaxlmm.likelihood.dense_profiled_criterion(jnp.asarray([2 * pls.LOG_THETA_MAX]),
+                                                           DenseData(jnp.asarray(y), jnp.ones((40, 1)),
+                                                                     jnp.asarray(K[None])))
+    assert fit.criterion == pytest.approx(float(dense), abs=1e-6)
