@@ -246,6 +246,7 @@ class Anova(NamedTuple):
 def anova(*fits: MixedFit) -> Anova:
     """LRT of nested models fitted to the same observations. REML fits are refitted by ML first ("refitting model(s)
     with ML (instead of REML)", as lme4 says): REML criteria of models with different fixed effects do not compare."""
+    import jax
     import jax.scipy.special as jsp
 
     if len(fits) < 2:
@@ -258,8 +259,9 @@ def anova(*fits: MixedFit) -> Anova:
     deviance = np.array([f.criterion for f in ml])
     chisq = np.concatenate([[np.nan], np.maximum(deviance[:-1] - deviance[1:], 0.0)])
     df = np.concatenate([[np.nan], np.diff(npar).astype(float)])
-    p = np.array([np.nan] + [float(jsp.gammaincc(d / 2.0, c / 2.0)) if d > 0 else np.nan
-                             for c, d in zip(chisq[1:], df[1:])])
+    with jax.enable_x64(True):  # chi-square(df) tail in float64
+        p = np.array([np.nan] + [float(jsp.gammaincc(d / 2.0, c / 2.0)) if d > 0 else np.nan
+                                 for c, d in zip(chisq[1:], df[1:])])
     n = ml[0].n
     return Anova(tuple(f.formula for f in ml), npar, deviance + 2 * npar, deviance + math.log(n) * npar,
                  -deviance / 2.0, deviance, chisq, df, p, refitted)
