@@ -3,12 +3,14 @@
 from .differentiable import (DifferentiableFit, differentiable_fit, differentiable_fit_spectral, group_kernel,
                              mix_kernels)
 from .fit import FitResult, fit
+from .lmer import lmer
+from .mixed import MixedFit
 from .scan import ScanResult, scan
 from .structure import RandomTerm, general_term, group_term, kinship_term
 from .validate import InputError
 
 __all__ = [
-    "DifferentiableFit", "FitResult", "InputError", "RandomTerm", "ScanResult", "differentiable_fit",
-    "differentiable_fit_spectral", "fit", "general_term", "group_kernel", "group_term", "kinship_term", "mix_kernels",
-    "scan",
+    "DifferentiableFit", "FitResult", "InputError", "MixedFit", "RandomTerm", "ScanResult", "differentiable_fit",
+    "differentiable_fit_spectral", "fit", "general_term", "group_kernel", "group_term", "kinship_term", "lmer",
+    "mix_kernels", "scan",
 ]

@@ -14,21 +14,21 @@ from .validate import InputError
 def _fit(args) -> int:
     import pandas as pd
 
-    from .formula import fit_formula
-    from .report import summary, to_dict
+    from .lmer import lmer
+    from .report import mixed_summary, mixed_to_dict
 
     try:
         data = pd.read_csv(args.data)
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as err:
         raise InputError(f"cannot read data file {args.data!r}: {err}") from None
     try:
-        result = fit_formula(args.formula, data, method="ML" if args.ml else "REML")
+        result = lmer(args.formula, data, method="ML" if args.ml else "REML")
     except InputError as err:
         raise InputError(f"{args.data}: {err}") from None
     if args.json:
-        print(json.dumps(to_dict(result), indent=2))
+        print(json.dumps(mixed_to_dict(result), indent=2))
     else:
-        print(summary(result, args.formula))
+        print(mixed_summary(result))
     return 0
 
 
@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="fit one lme4-style model to a CSV table")
     fit.add_argument("--data", required=True, help="CSV file with a header row")
-    fit.add_argument("--formula", required=True, help='e.g. "y ~ x + (1|g)"')
+    fit.add_argument("--formula", required=True, help='lme4 syntax, e.g. "y ~ x + (1|g)", "y ~ x + (x|g) + (1|h)", "y ~ 1 + (1|a/b)"')
     fit.add_argument("--ml", action="store_true", help="maximum likelihood instead of REML")
     fit.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
     fit.set_defaults(run=_fit)

@@ -2,8 +2,8 @@
 
 Random intercept terms ``(1|g)`` are taken out of the right-hand side; the rest is the fixed part, built by
 formulaic (R's conventions: intercept by default, ``0 +`` or ``- 1`` to drop it, factors in treatment coding,
-``a:b`` interactions, ``I(x**2)``). Other random-effect forms (``(x|g)``, ``(1|a/b)``) are rejected with a clear
-message until they are supported.
+``a:b`` interactions, ``I(x**2)``). Other random-effect forms (``(x|g)``, ``(1|a/b)``) are fitted by
+:func:`jaxlmm.lmer.lmer`; here they are rejected with a message saying so.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import NamedTuple
 import numpy as np
 
 from .fit import FitResult, fit_terms
+from .reterms import split_random
 from .structure import group_term
 from .validate import InputError
 
-_RANDOM = re.compile(r"\(([^()]*)\|([^()]*)\)")
 _INTERCEPT_ONLY = re.compile(r"^\s*1\s*$")
 _NAME = re.compile(r"^\s*([A-Za-z_.][A-Za-z0-9_.]*)\s*$")
 
@@ -38,18 +38,15 @@ def parse(formula: str) -> ParsedFormula:
     match = _NAME.match(lhs)
     if not match:
         raise InputError(f"formula {formula!r}: the response must be a single column name, got {lhs.strip()!r}")
-    groups = []
-    for inner, group in _RANDOM.findall(rhs):
-        term = f"({inner}|{group})"
-        if not _INTERCEPT_ONLY.match(inner) or not _NAME.match(group):
-            raise InputError(f"random-effect term {term!r} is not supported yet: only (1|g) random intercepts")
-        groups.append(group.strip())
-    fixed = _RANDOM.sub("", rhs)
-    fixed = re.sub(r"\+\s*(?=\+|$)", "", re.sub(r"^\s*\+", "", fixed.strip())).strip()
-    fixed = re.sub(r"\s*\+\s*$", "", fixed)
+    fixed, specs = split_random(rhs)
+    for spec in specs:
+        if not (spec.correlated and _INTERCEPT_ONLY.match(spec.expr) and len(spec.factors) == 1):
+            raise InputError(f"random-effect term ({spec.expr}{'|' if spec.correlated else '||'}{spec.group}) is not "
+                             "supported by fit_formula: only (1|g) random intercepts; use jaxlmm.lmer.lmer")
+    groups = [spec.group for spec in specs]
     if not groups:
         raise InputError(f"formula {formula!r} has no random-effect term such as (1|g)")
-    return ParsedFormula(match.group(1), fixed or "1", tuple(groups))
+    return ParsedFormula(match.group(1), fixed, tuple(groups))
 
 
 def model_frame(parsed: ParsedFormula, data) -> tuple[np.ndarray, np.ndarray, list[str], list]:

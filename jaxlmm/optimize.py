@@ -59,7 +59,7 @@ class _LoopState(NamedTuple):
     converged: jnp.ndarray
 
 
-@partial(jax.jit, static_argnames=("objective", "max_iter"))
+@partial(jax.jit, static_argnames=("objective", "max_iter", "transform"))
 def minimize(
     objective: Callable,
     params0: jnp.ndarray,
@@ -69,12 +69,15 @@ def minimize(
     max_iter: int = DEFAULT_MAX_ITER,
     gtol: float = DEFAULT_GTOL,
     ftol: float = DEFAULT_FTOL,
+    transform: Callable = ratios_from_params,
 ) -> OptimizeResult:
     """Minimize ``objective(ratios, *args)`` over log ratios of the ``free`` components.
 
     objective: criterion as a function of the ratios (k,) >= 0 (e.g. a profiled REML criterion)
     params0:   (k,) starting log ratios
     free:      (k,) bool, False pins that ratio at exactly 0
+    transform: ``transform(params, free)`` -> the objective's first argument; default :func:`ratios_from_params`
+               (a hashable callable: it is a static argument; :mod:`jaxlmm.pls` passes one for lme4's theta)
     Converged when ``max|grad| <= gtol`` and ``|f_prev - f| <= ftol * (1 + |f|)``. A component beyond
     ``+-BOUNDARY_LOG_RATIO`` whose gradient still points outwards counts as settled: it is heading for a boundary
     (variance 0, or residual variance 0 for a large ratio), where a log scale would otherwise creep one unit per
@@ -83,7 +86,7 @@ def minimize(
     free = jnp.asarray(free, dtype=bool)
 
     def fun(params):
-        return objective(ratios_from_params(params, free), *args)
+        return objective(transform(params, free), *args)
 
     solver = optax.lbfgs()
     value_and_grad = optax.value_and_grad_from_state(fun)

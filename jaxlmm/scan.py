@@ -427,8 +427,20 @@ def scan(y, genotypes, covariates=None, *, variant_names=None, **options) -> Sca
                    GPU and costs ~1e-7 relative in the rotated genotypes); the per-variant fits always run in float64
     Chunks are sharded over the variant axis across all JAX devices when there are several.
     Returns a :class:`ScanResult` with one row per (phenotype, variant), phenotype-major.
+      random:      general random effects instead of kinship/groups (blocks from
+                   :func:`jaxlmm.scan_mixed.random_blocks`: random slopes, crossed/nested factors, kinship beside
+                   them): per-variant PLS fits, see :mod:`jaxlmm.scan_mixed` (y: (n,), exact REML/ML only)
     For large scans, :func:`prepare_scan` and :func:`scan_chunks` stream the same results chunk by chunk.
     """
+    if options.get("random") is not None:
+        from .scan_mixed import scan_mixed
+
+        random = options.pop("random")
+        unsupported = set(options) - {"intercept", "chunk_size", "min_maf", "max_missing"}
+        if unsupported:
+            raise validate.InputError(f"random= scans do not take {', '.join(sorted(unsupported))}")
+        return scan_mixed(y, genotypes, covariates, blocks=random, variant_names=variant_names, **options)
+    options.pop("random", None)
     prepared = prepare_scan(y, covariates, **options)
     chunks = list(scan_chunks(prepared, genotypes))
     M = sum(chunk.columns["n_miss"].shape[1] for chunk in chunks)
