@@ -151,6 +151,9 @@ def index_variants(buffer, header: BgenHeader, path) -> VariantIndex:
             chromosome, offset = _text(buffer, offset + 2, _u16(buffer, offset))
             position, n_alleles = struct.unpack_from("<IH", buffer, offset)
             offset += 6
+            if n_alleles != 2:
+                raise InputError(f"{path}: variant {j + 1} ({name or variant_id}) has {n_alleles} alleles; only "
+                                 "biallelic variants are supported")
             alleles = []
             for _ in range(n_alleles):
                 allele, offset = _text(buffer, offset + 4, _u32(buffer, offset))
@@ -160,9 +163,6 @@ def index_variants(buffer, header: BgenHeader, path) -> VariantIndex:
             uncompressed[j] = _u32(buffer, offset + 4) if stored else size
         except struct.error:
             raise InputError(f"{path}: truncated at variant {j + 1} of {m}") from None
-        if n_alleles != 2:
-            raise InputError(f"{path}: variant {j + 1} ({name or variant_id}) has {n_alleles} alleles; only "
-                             "biallelic variants are supported")
         if size < stored or offset + 4 + size > len(buffer):
             raise InputError(f"{path}: truncated at variant {j + 1} of {m} (genotype block of {size} bytes runs "
                              "past the end of the file)")
