@@ -108,6 +108,12 @@ def test_sample_file_gives_ids_and_family_ids(tmp_path, rng):
     write_sample_file(tmp_path / "short.sample", ["f"] * (n - 1), ["i"] * (n - 1))
     with pytest.raises(InputError, match=r"short\.sample: 5 samples, but .*g\.bgen has 6"):
         BgenReader(tmp_path / "g.bgen", tmp_path / "short.sample")
+    (tmp_path / "header.sample").write_text("ID_1 ID_2 missing\n")
+    with pytest.raises(InputError, match=r"header\.sample: a \.sample file starts with two header lines"):
+        BgenReader(tmp_path / "g.bgen", tmp_path / "header.sample")
+    (tmp_path / "ragged.sample").write_text("ID_1 ID_2 missing\n0 0 0\nf1 i1 0\nf2\n")
+    with pytest.raises(InputError, match=r"ragged\.sample: line 4 has 1 field\(s\), expected at least 2"):
+        BgenReader(tmp_path / "g.bgen", tmp_path / "ragged.sample")
 
 
 @pytest.mark.parametrize("name, sample_file", [("zlib8", None), ("zstd16", "zstd16.sample"), ("zlib3", None)])

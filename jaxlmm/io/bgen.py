@@ -240,7 +240,7 @@ class BgenReader:
     allele; variant_ids: (m,) the BGEN variant id field (bim.rsid holds the rsid field, or the variant id where
     that is empty). sample_ids: (n,) from ``sample_path`` (an Oxford ``.sample`` file, which takes precedence) or
     the file's sample identifier block, None when neither has them; fids: (n,) family ids (the .sample file's
-    ID_1 column) or None.
+    ID_1 column) or None. header: the :class:`BgenHeader`; index: the :class:`VariantIndex` built at open.
     """
 
     def __init__(self, path, sample_path=None):
