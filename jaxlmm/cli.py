@@ -104,6 +104,8 @@ def _demo(args) -> int:
 def _input_flags(parser) -> None:
     parser.add_argument("--config", help="TOML file of settings (flags override it)")
     parser.add_argument("--bfile", help="PLINK prefix (.bed/.bim/.fam)")
+    parser.add_argument("--bgen", help="BGEN v1.2 file (dosages of the first allele; zlib/zstd)")
+    parser.add_argument("--sample", help="Oxford .sample file for --bgen (sample IDs)")
     parser.add_argument("--geno", help="BIMBAM mean-genotype file (plain or .gz)")
     parser.add_argument("--pheno", help="phenotype table (BIMBAM with --geno; FID IID ... with --bfile)")
     parser.add_argument("--anno", help="BIMBAM annotation file (rs, position, chromosome)")
@@ -136,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--plots", action="store_true", help="also write PREFIX.manhattan.png and PREFIX.qq.png")
     scan.add_argument("--resume", action="store_true", help="go on from the partial results of a killed run")
     scan.add_argument("--part", help="i/n: scan the i-th of n contiguous shares (join them with jaxlmm merge)")
+    scan.add_argument("--hwe", type=float, help="Hardy-Weinberg exact test p-value filter (status hwe; default 0)")
     scan.add_argument("--loco", action="store_true", help="leave one chromosome out: each chromosome's variants "
                       "with the kinship of all others")
     scan.add_argument("--keep", help="file of samples (FID IID) to analyze; others are left out")

@@ -16,8 +16,11 @@ from .validate import InputError
 
 
 class ScanConfig(NamedTuple):
-    """Inputs: ``bfile`` (PLINK prefix) or ``geno`` + ``pheno`` (+ ``anno``) for BIMBAM; ``pheno`` with ``bfile``
-    is a FID/IID table replacing the .fam's phenotypes. ``pheno_col``: 1-based number (GEMMA ``-n``) or name.
+    """Inputs: ``bfile`` (PLINK prefix), ``bgen`` (BGEN v1.2 dosages, with its ``sample`` file unless the BGEN
+    holds sample IDs; phenotypes then come from a FID/IID ``pheno`` table, FID = ID_1, IID = ID_2 of the .sample,
+    or FID = IID = the sample ID) or ``geno`` + ``pheno`` (+ ``anno``) for BIMBAM; ``pheno`` with ``bfile`` is a
+    FID/IID table replacing the .fam's phenotypes. ``hwe``: variants whose Hardy-Weinberg exact p-value (on the
+    analyzed samples' rounded genotypes) is below it get status "hwe" (0: no filter). ``pheno_col``: 1-based number (GEMMA ``-n``) or name.
     ``covar``: covariate table (FID/IID, or BIMBAM rows); constant columns stand for the intercept, which is always
     fitted. ``kinship``: GEMMA text or .npy (n x n in genotype-file sample order); computed with ``gk`` (1 centred,
     2 standardized) when absent. ``groups``: a column of the covariate or phenotype table, fitted as ``(1|group)``
@@ -34,6 +37,8 @@ class ScanConfig(NamedTuple):
     to ``jax.distributed.initialize`` (None: detected from the cluster environment, e.g. SLURM)."""
 
     bfile: str | None = None
+    bgen: str | None = None
+    sample: str | None = None
     geno: str | None = None
     pheno: str | None = None
     anno: str | None = None
@@ -60,6 +65,7 @@ class ScanConfig(NamedTuple):
     cat: str | None = None
     max_memory: float | None = None
     eigen: str | None = None
+    hwe: float = 0.0
     distributed: bool = False
     coordinator: str | None = None
     num_processes: int | None = None
@@ -67,10 +73,10 @@ class ScanConfig(NamedTuple):
 
 
 SCAN_KEYS = ScanConfig._fields
-PATH_KEYS = ("bfile", "geno", "pheno", "anno", "covar", "kinship", "out", "keep", "remove", "snps", "ksnps",
+PATH_KEYS = ("bfile", "bgen", "sample", "geno", "pheno", "anno", "covar", "kinship", "out", "keep", "remove", "snps", "ksnps",
              "eigen")
 _TYPES = {
-    "bfile": (str,), "geno": (str,), "pheno": (str,), "anno": (str,), "pheno_col": (int, str), "covar": (str,),
+    "bfile": (str,), "bgen": (str,), "sample": (str,), "hwe": (float, int), "geno": (str,), "pheno": (str,), "anno": (str,), "pheno_col": (int, str), "covar": (str,),
     "kinship": (str,), "groups": (str,), "gk": (int,), "mode": (str,), "out": (str,), "chunk": (int,),
     "min_maf": (float, int), "max_missing": (float, int), "max_iter": (int,), "rotation": (str,), "plots": (bool,),
     "resume": (bool,), "part": (str,), "loco": (bool,), "keep": (str,), "remove": (str,), "snps": (str,),
@@ -123,8 +129,12 @@ def scan_config(toml_path=None, **flags) -> ScanConfig:
 
 
 def _consistent(config: ScanConfig) -> ScanConfig:
-    if (config.bfile is None) == (config.geno is None):
-        raise InputError("give the genotypes either as bfile (PLINK prefix) or as geno (BIMBAM file), not both")
+    if sum(x is not None for x in (config.bfile, config.bgen, config.geno)) != 1:
+        raise InputError("give the genotypes as one of bfile (PLINK prefix), bgen (BGEN file) or geno (BIMBAM file)")
+    if config.bgen is not None and config.pheno is None:
+        raise InputError("a BGEN file needs a phenotype table (pheno: FID IID ... matched to the sample IDs)")
+    if not 0 <= config.hwe < 1:
+        raise InputError(f"hwe must be a p-value threshold in [0, 1), got {config.hwe}")
     if config.geno is not None and config.pheno is None:
         raise InputError("a BIMBAM geno file needs its pheno file (one row per sample, in genotype order)")
     if config.loco and (config.kinship is not None or config.groups is not None):

@@ -18,6 +18,7 @@ import numpy as np
 
 from .config import ScanConfig, part_share
 from .io import tables
+from .io.bgen import BgenReader
 from .io.bimbam import BimbamReader
 from .io.kinship_files import read_kinship
 from .io.plink import BedReader
@@ -59,6 +60,14 @@ def read_inputs(config: ScanConfig) -> Inputs:
         pheno_table = (tables.read_id_table(config.pheno) if config.pheno
                        else tables.read_fam_table(config.bfile + ".fam"))
         read_other = tables.read_id_table
+    elif config.bgen is not None:
+        genotypes = BgenReader(config.bgen, config.sample)
+        if genotypes.sample_ids is None:
+            raise InputError(f"{config.bgen}: no sample IDs in the file; give its .sample file (sample)")
+        iid = np.asarray(genotypes.sample_ids).astype(str)
+        fid = iid if genotypes.fids is None else np.asarray(genotypes.fids).astype(str)
+        pheno_table = tables.read_id_table(config.pheno)
+        read_other = tables.read_id_table
     else:
         genotypes = BimbamReader(config.geno, config.anno)
         n_all = genotypes.shape[0]
@@ -69,7 +78,8 @@ def read_inputs(config: ScanConfig) -> Inputs:
     pairs = list(zip(fid, iid))
     if len(set(pairs)) != n_all:
         duplicate = next(i for i, pair in enumerate(pairs) if pairs.index(pair) != i)
-        raise InputError(f"{config.bfile}.fam: line {duplicate + 1}: sample {fid[duplicate]} {iid[duplicate]} "
+        source = f"{config.bfile}.fam" if config.bfile else config.sample or config.bgen
+        raise InputError(f"{source}: line {duplicate + 1}: sample {fid[duplicate]} {iid[duplicate]} "
                          "appears more than once")
     notes = [f"samples in genotype file: {n_all}"]
     pheno_rows = tables.match_samples(fid, iid, pheno_table)
@@ -189,7 +199,7 @@ def kinship_for(config: ScanConfig, inputs: Inputs) -> tuple[np.ndarray, str]:
 def fingerprint(config: ScanConfig) -> dict:
     """Inputs (paths, sizes, modification times) and result-changing settings, to refuse a mismatched resume."""
     files = {}
-    for key in ("bfile", "geno", "pheno", "anno", "covar", "kinship", "keep", "remove", "snps", "ksnps"):
+    for key in ("bfile", "bgen", "sample", "geno", "pheno", "anno", "covar", "kinship", "keep", "remove", "snps", "ksnps"):
         value = getattr(config, key)
         paths = [value + ext for ext in (".bed", ".bim", ".fam")] if key == "bfile" and value else [value]
         for path in filter(None, paths):
@@ -256,7 +266,8 @@ def _prepare(config, inputs, random, chromosome=None):
         return prepare_scan(inputs.y, inputs.covariates, mode=config.mode, chunk_size=config.chunk,
                             min_maf=config.min_maf, max_missing=config.max_missing, max_iter=config.max_iter,
                             rotation_dtype=jnp.dtype(config.rotation),
-                            covariate_names=inputs.covariate_names or None, eigen_cache=cache, **random)
+                            covariate_names=inputs.covariate_names or None, eigen_cache=cache,
+                            min_hwe_p=config.hwe, **random)
     except InputError as err:  # name the files the model came from
         sources = [config.bfile or config.geno, config.pheno, config.covar, config.kinship]
         raise InputError(f"{', '.join(filter(None, sources))}: {err}") from None

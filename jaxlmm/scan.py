@@ -46,7 +46,8 @@ from .pvalues import chi2_1_sf, f1_sf
 
 LOG_LAMBDA_BOUNDS = (float(np.log(1e-5)), float(np.log(1e5)))
 GRID_POINTS = 16
-STATUS_CODES = ("ok", "monomorphic", "all_missing", "too_many_missing", "low_maf", "collinear", "not_converged")
+STATUS_CODES = ("ok", "monomorphic", "all_missing", "too_many_missing", "low_maf", "hwe", "collinear",
+                "not_converged")
 COLUMNS = (
     "variant", "phenotype", "n_miss", "af", "beta", "se", "wald", "p_wald", "p_lrt", "p_score", "lambda_remle",
     "lambda_mle", "s2_g", "s2_e", "logl_remle", "logl_mle", "logl_H1", "pve", "converged", "iterations", "status",
@@ -339,6 +340,7 @@ class PreparedScan(NamedTuple):
     max_missing: float
     fit_chunk: object  # (n, chunk_size) imputed genotypes on the device -> dict of (P, chunk_size) arrays
     chunk_sharding: object
+    min_hwe_p: float = 0.0
 
 
 class ScanChunk(NamedTuple):
@@ -365,10 +367,13 @@ def prepare_scan(
     rotation_dtype=jnp.float64,
     covariate_names=None,
     eigen_cache: str | None = None,
+    min_hwe_p: float = 0.0,
 ) -> PreparedScan:
     """Validate the model without variants, decompose its kernel and fit the null models (arguments as in
     :func:`scan`; covariate_names (c0,) name the covariate columns in messages; eigen_cache: a file prefix where
-    the kinship's eigendecomposition is read from or written to, see :mod:`jaxlmm.io.eigen_cache`)."""
+    the kinship's eigendecomposition is read from or written to, see :mod:`jaxlmm.io.eigen_cache`; min_hwe_p:
+    variants whose Hardy-Weinberg exact p-value (:func:`jaxlmm.hwe.hwe_exact_pvalues`) is below it get status
+    "hwe")."""
     if mode not in ("exact", "null"):
         raise validate.InputError(f"mode must be 'exact' or 'null', got {mode!r}")
     if int(chunk_size) < 1:
@@ -402,8 +407,9 @@ def prepare_scan(
             basis = cached_spectral_basis(term, eigen_cache)
         else:
             basis = structure.spectral_basis(term)
-        return _prepare_validated(Y, cov, term, basis, mode, int(chunk_size), min_maf, max_missing, max_iter,
-                                  rotation_dtype)
+        prepared = _prepare_validated(Y, cov, term, basis, mode, int(chunk_size), min_maf, max_missing, max_iter,
+                                      rotation_dtype)
+    return prepared._replace(min_hwe_p=float(min_hwe_p))
 
 
 def scan(y, genotypes, covariates=None, *, variant_names=None, **options) -> ScanResult:
@@ -506,6 +512,10 @@ def scan_chunks(prepared: PreparedScan, genotypes, start: int = 0, stop: int | N
             raise validate.InputError(f"genotype chunk at variant {offset + 1} has shape {chunk.shape}, expected ({n}, b)")
         b = chunk.shape[1]
         imputed, n_miss, af, status = _impute(chunk, prepared.max_missing, prepared.min_maf)
+        if prepared.min_hwe_p > 0:
+            from .hwe import hwe_exact_pvalues
+
+            status[(status == "ok") & (hwe_exact_pvalues(chunk) < prepared.min_hwe_p)] = "hwe"
         filler = (np.arange(n) % 2)[:, None]  # a well-posed column fitted in place of variants not analyzed
         padded = np.empty((n, size))
         padded[:, :b] = np.where(status == "ok", imputed, filler)  # filtered variants would stall the batch

@@ -134,3 +134,31 @@ def test_eigendecomposition_cache_reused_and_stale_refused(capsys, tmp_path):
     (tmp_path / "remove.txt").write_text(f"{fam[0][5]} {fam[1][5]}\n")
     status = main(["scan", *map(str, args), "--remove", str(tmp_path / "remove.txt"), "--out", str(tmp_path / "x")])
     assert status == 2 and "stale eigendecomposition" in capsys.readouterr().err
+
+
+def test_bgen_scan_equals_plink_scan_and_hwe_filter(capsys, tmp_path):
+    from bgen_writer import hard_call_probabilities, write_bgen, write_sample_file
+    from test_plink_and_cli_scan import write_plink
+
+    rng = np.random.default_rng(9)
+    n, m = 90, 30
+    genotypes = rng.integers(0, 3, size=(n, m)).astype(float)
+    genotypes[rng.random((n, m)) < 0.02] = np.nan
+    genotypes[:, 7] = 1.0
+    genotypes[:3, 7] = 0.0  # nearly all heterozygous: far from Hardy-Weinberg
+    y = genotypes[:, 0] * 0.5 + rng.normal(size=n)
+    write_plink(tmp_path / "g", genotypes, y)
+    write_bgen(tmp_path / "g.bgen", hard_call_probabilities(genotypes), compression=2,
+               rsids=[f"snp{j}" for j in range(m)])
+    # the .sample lists the samples in another order than the phenotype table: matched by ID
+    write_sample_file(tmp_path / "g.sample", [f"fam{i}" for i in range(n)], [f"ind{i}" for i in range(n)])
+    pheno = pd.DataFrame({"FID": [f"fam{i}" for i in range(n)], "IID": [f"ind{i}" for i in range(n)], "y": y})
+    pheno.iloc[::-1].to_csv(tmp_path / "p.txt", sep=" ", index=False, na_rep="NA")
+    _scan(capsys, "--bfile", tmp_path / "g", "--out", tmp_path / "bed", "--hwe", "1e-6")
+    _scan(capsys, "--bgen", tmp_path / "g.bgen", "--sample", tmp_path / "g.sample", "--pheno", tmp_path / "p.txt",
+          "--out", tmp_path / "bgen", "--hwe", "1e-6")
+    bed = pd.read_csv(tmp_path / "bed.assoc.tsv", sep="\t")
+    bgen = pd.read_csv(tmp_path / "bgen.assoc.tsv", sep="\t")
+    assert bed.status[7] == "hwe" and (bed.status == "hwe").sum() == 1
+    columns = [c for c in bed.columns if c not in ("allele1", "allele0", "chr", "ps")]
+    pd.testing.assert_frame_equal(bed[columns], bgen[columns], rtol=1e-9)
