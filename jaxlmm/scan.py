@@ -173,11 +173,19 @@ def _optimize_log_lambdas(criterion, both, grid_values, starts_remle, starts_mle
 
 
 @partial(jax.jit, static_argnames=("max_iter",))
-def _optimize_null(data: SpectralData, starts_remle, starts_mle, max_iter):
-    """:func:`_optimize_log_lambdas` for a batch of SpectralData (the null models)."""
-    both = partial(_batched_both, data=data)
-    return _optimize_log_lambdas(lambda t, method: _batched_criterion(t, data, method), both,
-                                 _mapped_grid(both, starts_remle.shape), starts_remle, starts_mle, max_iter)
+def _null_fit(data: SpectralData, max_iter):
+    """One phenotype's null model (no variant) in one compiled call: REML and ML optima of log lambda (grid, then
+    Newton, as for variants), q at the REML optimum, both log-likelihoods, and the REML log-likelihood's second
+    derivative in lambda (for the pve se). Returns a tuple of scalars."""
+    batch = jax.tree.map(lambda a: a[None], data)._replace(eigenvalues=data.eigenvalues, n=data.n)
+    both = partial(_batched_both, data=batch)
+    start = jnp.zeros(1, data.rotated.dtype)
+    remle, mle = _optimize_log_lambdas(lambda t, method: _batched_criterion(t, batch, method), both,
+                                       _mapped_grid(both, start.shape), start, start, max_iter)
+    lam, lam_mle = jnp.exp(remle.params[0]), jnp.exp(mle.params[0])
+    q = gls(spectral_stats(lam, data)).q
+    curvature = jax.hessian(lambda l: -0.5 * _reml(l, data))(lam)
+    return lam, lam_mle, q, -0.5 * _reml(lam, data), -0.5 * _ml(lam_mle, data), curvature
 
 
 def _variant_tests(data: ChunkData, t_remle, t_mle, null_log_lambda_mle, null_logl_mle, trace_ratio,
@@ -272,22 +280,17 @@ def _null_models(basis, cov, Y, trace_ratio, max_iter):
     out = {k: [] for k in NullModel._fields}
     for p in range(Y.shape[1]):
         data = structure.spectral_data(basis, jnp.asarray(Y[:, p]), jnp.asarray(cov))
-        batch = jax.tree.map(lambda a: a[None], data)._replace(eigenvalues=data.eigenvalues, n=data.n)
-        remle, mle = _optimize_null(batch, jnp.zeros(1), jnp.zeros(1), max_iter)
-        t_remle, t_mle = remle.params[0], mle.params[0]
-        lam = jnp.exp(t_remle)
-        stats = spectral_stats(lam, data)
-        s2_e = float(gls(stats).q / (Y.shape[0] - cov.shape[1]))
-        out["lambda_remle"].append(float(lam))
-        out["lambda_mle"].append(float(jnp.exp(t_mle)))
-        out["logl_remle"].append(float(-0.5 * _reml(lam[None], data)))
-        out["logl_mle"].append(float(-0.5 * _ml(jnp.exp(t_mle)[None], data)))
-        out["s2_g"].append(float(lam) * s2_e)
+        lam, lam_mle, q, logl_remle, logl_mle, h = map(float, _null_fit(data, max_iter))
+        s2_e = q / (Y.shape[0] - cov.shape[1])
+        out["lambda_remle"].append(lam)
+        out["lambda_mle"].append(lam_mle)
+        out["logl_remle"].append(logl_remle)
+        out["logl_mle"].append(logl_mle)
+        out["s2_g"].append(lam * s2_e)
         out["s2_e"].append(s2_e)
         # pve and its delta-method se from the REML curvature in lambda (GEMMA's definition)
-        h = float(jax.hessian(lambda l: -0.5 * _reml(l[None], data))(lam))
         var_lambda = -1.0 / h if h < 0 else np.nan
-        scaled = float(lam) * trace_ratio
+        scaled = lam * trace_ratio
         out["pve"].append(scaled / (scaled + 1.0))
         out["pve_se"].append(trace_ratio / (scaled + 1.0) ** 2 * np.sqrt(var_lambda))
     return NullModel(**{k: np.asarray(v) for k, v in out.items()})
