@@ -153,12 +153,12 @@ class Row(NamedTuple):
 
 
 def print_table(rows: list, reference_tool: str = "jaxlmm") -> None:
-    """Wall time, variants/s, peak MB, load, and each row's time over jaxlmm's for the same data and task key
-    (the task's text up to ' [')."""
+    """Wall time, variants/s, peak MB, load, and jaxlmm's speed-up over each row: its time per variant over
+    jaxlmm's for the same data and task key (the task's text up to ' ['; the last jaxlmm row of a key counts)."""
     def key(row):
         return row.data, row.task.split(" [")[0]
 
-    ours = {key(r): r.measured.seconds for r in rows if r.tool.startswith(reference_tool) and r.measured}
+    ours = {key(r): r.measured.seconds / r.variants for r in rows if r.tool.startswith(reference_tool) and r.measured}
     header = f"{'data':<22} {'tool':<22} {'task':<30} {'wall s':>8} {'variants/s':>11} {'peak MB':>8} " \
              f"{'load':>9} {'vs jaxlmm':>9}  note"
     print(header)
@@ -169,7 +169,8 @@ def print_table(rows: list, reference_tool: str = "jaxlmm") -> None:
             continue
         m = r.measured
         rate = r.variants / m.seconds if r.variants else float("nan")
-        ratio = m.seconds / ours[key(r)] if key(r) in ours and not r.tool.startswith(reference_tool) else float("nan")
+        ratio = (m.seconds / r.variants / ours[key(r)] if key(r) in ours and not r.tool.startswith(reference_tool)
+                 else float("nan"))
         ratio_text = f"{ratio:8.2f}x" if np.isfinite(ratio) else ""
         print(f"{r.data:<22} {r.tool:<22} {r.task:<30} {m.seconds:8.2f} {rate:11.0f} {m.peak_mb:8.0f} "
               f"{m.load[0]:4.1f}/{m.load[1]:<4.1f} {ratio_text:>9}  {r.note}")
