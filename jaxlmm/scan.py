@@ -162,14 +162,18 @@ def _grid_starts(grid_values, both, starts_remle, starts_mle):
     return pick(grid_remle, start_remle, starts_remle), pick(grid_mle, start_mle, starts_mle)
 
 
-def _optimize_log_lambdas(criterion, both, grid_values, starts_remle, starts_mle, max_iter):
+def _optimize_log_lambdas(criterion, both, grid_values, starts_remle, starts_mle, max_iter, derivatives=None):
     """Per-model REML and ML optima of log lambda on GEMMA's interval [1e-5, 1e5]: grid start, then elementwise
     Newton (optax). criterion(log_lambda (B,), method) -> (B,), separable; both, grid_values as in
-    :func:`_grid_starts`; starts: (B,). Returns two ElementwiseResults."""
+    :func:`_grid_starts`; starts: (B,); derivatives(log_lambda, method) -> (value, gradient, curvature) when the
+    caller has them cheaper than forward mode. Returns two ElementwiseResults."""
     t_remle, t_mle = _grid_starts(grid_values, both, starts_remle, starts_mle)
-    remle = minimize_elementwise(lambda t: criterion(t, "REML"), t_remle, *LOG_LAMBDA_BOUNDS, max_iter=max_iter)
-    mle = minimize_elementwise(lambda t: criterion(t, "ML"), t_mle, *LOG_LAMBDA_BOUNDS, max_iter=max_iter)
-    return remle, mle
+    results = []
+    for method, start in (("REML", t_remle), ("ML", t_mle)):
+        given = None if derivatives is None else partial(derivatives, method=method)
+        results.append(minimize_elementwise(partial(criterion, method=method), start, *LOG_LAMBDA_BOUNDS,
+                                            max_iter=max_iter, derivatives=given))
+    return tuple(results)
 
 
 @partial(jax.jit, static_argnames=("max_iter",))
@@ -252,9 +256,10 @@ def _fit_chunk(rotation_basis, shared: _Shared, genotypes, *, c, exact, max_iter
         data = chunk_criteria.chunk_data(shared.eigenvalues, jnp.concatenate([shared.cov_rot, y_r[:, None]], axis=1),
                                          x_rot, cy_gram, jnp.concatenate([xc, xy_p[None]]), xx, n)
         if exact:
-            remle, mle = _optimize_log_lambdas(lambda t, method: chunk_criteria.chunk_criterion(t, data, method),
+            remle, mle = _optimize_log_lambdas(partial(chunk_criteria.chunk_criterion, data=data),
                                                partial(_chunk_both, data=data), _chunk_grid(data), jnp.full(b, t_remle0),
-                                               jnp.full(b, t_mle0), max_iter)
+                                               jnp.full(b, t_mle0), max_iter,
+                                               partial(chunk_criteria.chunk_criterion_derivatives, data=data))
             t_remle, t_mle = remle.params, mle.params
             converged = remle.converged & mle.converged
             iterations = remle.iterations + mle.iterations
