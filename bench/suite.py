@@ -3,7 +3,7 @@
     python3 bench/suite.py                       # quick default (a few minutes): mouse HS1940, N=1000 M=10000, groups
     python3 bench/suite.py --sim 500x300000,5000x50000,1000x10000,1000x100000 --skip mouse,groups
 
-Sections (``--skip`` any of them: mouse, sim, groups, floor):
+Sections (``--skip`` any of them: mouse, sim, groups, floor, cli):
 * mouse HS1940 (``tests/fixtures/gemma/mouse_hs1940``, phenotype 1) and simulated PLINK filesets (``--sim NxM,...``):
   ``-gk 1`` kinship (GEMMA, JAMMA; jaxlmm's ``relatedness`` in process), then ``-lmm 1`` and ``-lmm 4`` with that same
   kinship (GEMMA, JAMMA) against the ``jaxlmm scan`` CLI (whole process; run twice, the second run reported with
@@ -49,8 +49,12 @@ JAMMA_DEFAULT = ROOT / "bench" / ".venv-jamma" / "bin" / "jamma"
 
 class Peers:
     def __init__(self, wanted):
+        self.wanted = wanted
         self.gemma = which("gemma", "GEMMA") if "gemma" in wanted else None
         self.jamma = which("jamma", "JAMMA", JAMMA_DEFAULT) if "jamma" in wanted else None
+
+    def absent(self, tool: str) -> str:
+        return f"{tool} not installed" if tool.lower() in self.wanted else f"{tool} not requested (--peers)"
 
 
 def _peer_command(tool, exe, bfile, out, workdir, *extra):
@@ -67,7 +71,7 @@ def _kinship_rows(name, bfile, reader, analyzed, peers, workdir, rows):
     rows.append(Row(name, "jaxlmm (in process)", "-gk 1", reader.shape[1], measured, "library call, warm"))
     for tool, exe in (("GEMMA", peers.gemma), ("JAMMA", peers.jamma)):
         if exe is None:
-            rows.append(Row(name, tool, "-gk 1", reader.shape[1], None, f"{tool} not installed"))
+            rows.append(Row(name, tool, "-gk 1", reader.shape[1], None, peers.absent(tool)))
             continue
         measured = run_measured(_peer_command(tool, exe, bfile, f"gk_{tool}", workdir, "-gk", "1"),
                                 workdir / f"gk_{tool}.log")
@@ -98,7 +102,7 @@ def _scan_rows(name, bfile, kinship_file, m, peers, workdir, rows, agreement):
     for tool, exe in (("GEMMA", peers.gemma), ("JAMMA", peers.jamma)):
         for lmm in ("1", "4"):
             if exe is None:
-                rows.append(Row(name, tool, f"-lmm {lmm}", m, None, f"{tool} not installed"))
+                rows.append(Row(name, tool, f"-lmm {lmm}", m, None, peers.absent(tool)))
                 continue
             out = f"{tool}_lmm{lmm}"
             command = _peer_command(tool, exe, bfile, out, workdir, "-k", str(kinship_file), "-lmm", lmm, "-n", "1")
@@ -146,7 +150,7 @@ def _floor_rows(name, genotypes, kinship, m, rows, chunk_size, scan_seconds):
                     f"jaxlmm scan / floor = {scan_seconds / floor:.2f}"))
 
 
-def plink_section(name, bfile, peers, rows, agreement, chunk_size, floor):
+def plink_section(name, bfile, peers, rows, agreement, chunk_size, skip):
     reader = BedReader(bfile)
     analyzed = ~np.isnan(reader.fam.phenotype)
     m = reader.shape[1]
@@ -155,13 +159,14 @@ def plink_section(name, bfile, peers, rows, agreement, chunk_size, floor):
         kinship = _kinship_rows(name, bfile, reader, analyzed, peers, workdir, rows)
         kinship_file = workdir / "kinship.txt"
         write_kinship(kinship_file, kinship)
-        _scan_rows(name, bfile, kinship_file, m, peers, workdir, rows, agreement)
+        if "cli" not in skip:
+            _scan_rows(name, bfile, kinship_file, m, peers, workdir, rows, agreement)
     sub = np.ix_(analyzed, analyzed)
     from jaxlmm.cli import _RowSubset
 
     genotypes = _RowSubset(reader, analyzed)
     seconds = _in_process_rows(name, reader.fam.phenotype[analyzed], genotypes, kinship[sub], m, rows, chunk_size)
-    if floor:
+    if "floor" not in skip:
         _floor_rows(name, genotypes, kinship[sub], m, rows, chunk_size, seconds)
 
 
@@ -181,7 +186,8 @@ def groups_section(rows, agreement, wanted, n, families, m, lme4_variants, stats
         short = tool.split()[0]
         out = runner(y, genotypes[:, :k], family) if short in wanted else None
         if out is None:
-            rows.append(Row(name, tool, "(1|family) scan", k, None, f"{short} not installed or failed"))
+            rows.append(Row(name, tool, "(1|family) scan", k, None,
+                            f"{short} not installed or failed" if short in wanted else f"{short} not requested"))
             continue
         seconds, beta, se = out
         rows.append(Row(name, tool, "(1|family) scan", k, Measured(seconds, float("nan"), (np.nan, load_average())),
@@ -202,8 +208,9 @@ def _sizes(text):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sim", default="1000x10000", help="simulated sizes NxM, comma-separated")
-    parser.add_argument("--skip", default="", help="sections to skip: mouse, sim, groups, floor")
-    parser.add_argument("--peers", default="gemma,jamma,lme4,statsmodels", help="peers to run")
+    parser.add_argument("--skip", default="",
+                        help="sections to skip: mouse, sim, groups, floor, cli (whole-process scans, peers' -lmm)")
+    parser.add_argument("--peers", default="gemma,jamma,lme4,statsmodels", help="peers to run ('none': jaxlmm only)")
     parser.add_argument("--chunk", type=int, default=512, help="jaxlmm chunk size (in-process scans and floor)")
     parser.add_argument("--groups", default="2000x100x2000", help="grouping-factor scan N x families x M")
     parser.add_argument("--lme4-variants", type=int, default=20)
@@ -219,7 +226,7 @@ def main() -> None:
           f"; Rscript {which('Rscript') or 'absent'}")
     rows, agreement = [], []
     if "mouse" not in skip:
-        plink_section("mouse_hs1940", MOUSE, peers, rows, agreement, args.chunk, "floor" not in skip)
+        plink_section("mouse_hs1940", MOUSE, peers, rows, agreement, args.chunk, skip)
     if "sim" not in skip:
         keep = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="jaxlmm-bench-"))
         keep.mkdir(parents=True, exist_ok=True)
@@ -227,7 +234,7 @@ def main() -> None:
             prefix = keep / f"sim_{n}x{m}"
             if not Path(str(prefix) + ".bed").exists():
                 write_plink(prefix, n, m)
-            plink_section(f"sim N={n} M={m}", prefix, peers, rows, agreement, args.chunk, "floor" not in skip)
+            plink_section(f"sim N={n} M={m}", prefix, peers, rows, agreement, args.chunk, skip)
     if "groups" not in skip:
         n, families, m = map(int, args.groups.split("x"))
         groups_section(rows, agreement, wanted, n, families, m, args.lme4_variants, args.statsmodels_variants)
