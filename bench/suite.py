@@ -212,7 +212,7 @@ def main() -> None:
                         help="sections to skip: mouse, sim, groups, floor, cli (whole-process scans, peers' -lmm)")
     parser.add_argument("--peers", default="gemma,jamma,lme4,statsmodels", help="peers to run ('none': jaxlmm only)")
     parser.add_argument("--chunk", type=int, default=512, help="jaxlmm chunk size (in-process scans and floor)")
-    parser.add_argument("--groups", default="2000x100x2000", help="grouping-factor scan N x families x M")
+    parser.add_argument("--groups", default="2000x100x20000", help="grouping-factor scan N x families x M")
     parser.add_argument("--lme4-variants", type=int, default=20)
     parser.add_argument("--statsmodels-variants", type=int, default=5)
     parser.add_argument("--workdir", default=None, help="keep simulated filesets here (default: a temporary dir)")
