@@ -168,32 +168,42 @@ def minimize_elementwise(
     *,
     max_iter: int = 12,
     gtol: float = 1e-8,
+    xtol: float = 1e-9,
+    ftol: float = 1e-12,
     max_step: float = 1.0,
+    derivatives: Callable | None = None,
 ) -> ElementwiseResult:
     """Minimize a separable objective ``objective(t) -> (B,)`` (entry b depends on t[b] only) on [lower, upper].
 
     Newton steps with per-element curvature from nested forward-mode derivatives (one jvp pass gives all B
-    gradients, a second all B curvatures), through optax (:func:`scale_by_elementwise_newton`). A step that does
-    not decrease an element's objective is replaced by a quarter step; iterates are clipped to the bounds. An
-    element has converged when ``|gradient| <= gtol`` or it sits on a bound with the gradient pointing outwards.
+    gradients, a second all B curvatures), through optax (:func:`scale_by_elementwise_newton`); each iteration
+    evaluates the objective and its derivatives once. A step that raises an element's objective (beyond rounding:
+    by more than ``ftol (1 + |value|)``) is not taken, and that element tries a quarter of it next; iterates are
+    clipped to the bounds. An element has converged when ``|gradient| <= gtol``, or the curvature is positive and the next Newton step
+    ``|gradient / curvature|`` is at most ``xtol`` (the distance to the optimum; rounding in a large criterion can
+    keep the gradient itself above gtol), or it sits on a bound with the gradient pointing outwards.
     The loop stops when every element has converged (or has a non-finite gradient, reported as not converged) or
-    after ``max_iter`` steps.
+    after ``max_iter`` steps. ``derivatives(t) -> (value, gradient, curvature)``, each (B,), replaces the nested
+    forward-mode pass when the caller has a cheaper way to the same numbers.
     """
     solver = optax.chain(scale_by_elementwise_newton(max_step), optax.scale(-1.0))
     ones = jnp.ones_like(params0)
 
-    def derivatives(t):
+    def forward_mode(t):
         (value, grad), (_, curv) = jax.jvp(lambda s: jax.jvp(objective, (s,), (ones,)), (t,), (ones,))
         return value, grad, curv
 
-    def status(t, grad):
+    derivatives = forward_mode if derivatives is None else derivatives
+
+    def status(t, grad, curv):
         at_lower = (t <= lower) & (grad > 0)
         at_upper = (t >= upper) & (grad < 0)
-        return (jnp.abs(grad) <= gtol) | at_lower | at_upper, at_lower | at_upper
+        small_step = (curv > 0) & (jnp.abs(grad) <= xtol * curv)
+        return (jnp.abs(grad) <= gtol) | small_step | at_lower | at_upper, at_lower | at_upper
 
-    def finished(t, grad):
+    def finished(t, grad, curv):
         """Converged, or hopeless (non-finite gradient): either way this element stops holding the batch."""
-        return status(t, grad)[0] | ~jnp.isfinite(grad)
+        return status(t, grad, curv)[0] | ~jnp.isfinite(grad)
 
     class State(NamedTuple):
         params: jnp.ndarray
@@ -204,27 +214,32 @@ def minimize_elementwise(
         done: jnp.ndarray
         opt_state: optax.OptState
         count: jnp.ndarray
+        step_scale: jnp.ndarray  # 1, or a quarter of the last rejected step's scale
 
     def keep_going(state):
         return (~jnp.all(state.done)) & (state.count < max_iter)
 
     def step(state):
+        """One derivative evaluation per iteration: try the (scaled) Newton point; keep it if the objective did not
+        rise beyond rounding, else stay and try a quarter of that step next time."""
         updates, opt_state = solver.update(state.grad, state.opt_state, state.params, curvature=state.curv)
-        full = jnp.clip(state.params + updates, lower, upper)
-        full_value = objective(full)
-        quarter = jnp.clip(state.params + 0.25 * updates, lower, upper)
-        moved = jnp.where(full_value <= state.value, full, quarter)
-        params = jnp.where(state.done, state.params, moved)
-        value, grad, curv = derivatives(params)
-        done = finished(params, grad)
+        candidate = jnp.clip(state.params + state.step_scale * updates, lower, upper)
+        value, grad, curv = derivatives(candidate)
+        accept = (value <= state.value + ftol * (1.0 + jnp.abs(state.value))) & ~state.done
+        keep = lambda new, old: jnp.where(accept, new, old)  # noqa: E731
+        params, value, grad, curv = (keep(candidate, state.params), keep(value, state.value),
+                                     keep(grad, state.grad), keep(curv, state.curv))
+        done = finished(params, grad, curv) | state.done
         iterations = state.iterations + jnp.where(state.done, 0, 1)
-        return State(params, value, grad, curv, iterations, done, opt_state, state.count + 1)
+        step_scale = jnp.where(accept, 1.0, 0.25 * state.step_scale)
+        return State(params, value, grad, curv, iterations, done, opt_state, state.count + 1, step_scale)
 
     params0 = jnp.clip(params0, lower, upper)
     value0, grad0, curv0 = derivatives(params0)
-    done0 = finished(params0, grad0)
+    done0 = finished(params0, grad0, curv0)
     zero = jnp.zeros(params0.shape, jnp.int32)
-    initial = State(params0, value0, grad0, curv0, zero, done0, solver.init(params0), jnp.asarray(0))
+    initial = State(params0, value0, grad0, curv0, zero, done0, solver.init(params0), jnp.asarray(0),
+                    jnp.ones_like(params0))
     final = jax.lax.while_loop(keep_going, step, initial)
-    converged, at_bound = status(final.params, final.grad)
+    converged, at_bound = status(final.params, final.grad, final.curv)
     return ElementwiseResult(final.params, final.value, final.grad, final.iterations, converged, at_bound)

@@ -38,7 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import structure, validate
+from . import chunk_criteria, structure, validate
+from .chunk_criteria import ChunkData
 from .likelihood import (SpectralData, gls, profiled_criterion_from_stats, spectral_profiled_criterion_at_ratio,
                          spectral_stats)
 from .optimize import minimize_elementwise
@@ -104,93 +105,122 @@ def _ml(ratio, data):
     return spectral_profiled_criterion_at_ratio(ratio, data, "ML")
 
 
-_BATCHED = SpectralData(None, 0, 0, None)  # a chunk's SpectralData: rotated data and grams per variant
+_BATCHED = SpectralData(None, 0, 0, None)  # a batch of SpectralData: rotated data and grams per element
 
 
 def _batched_criterion(log_lambda, data, method):
-    """Criterion of every variant of a chunk: log_lambda (B,), data a SpectralData batched over its first axis."""
+    """Criterion of every model of a SpectralData batch: log_lambda (B,), data batched over its first axis."""
     return jax.vmap(lambda t, d: spectral_profiled_criterion_at_ratio(jnp.exp(t), d, method),
                     in_axes=(0, _BATCHED))(log_lambda, data)
 
 
-def _grid_starts(data, starts_remle, starts_mle):
-    """Best REML and ML starting points per variant among a 16-point log grid on [1e-5, 1e5] and the given starts.
+def _batched_both(log_lambda, data):
+    """(REML, ML) criteria of a SpectralData batch at log_lambda (B,), from one set of weighted statistics."""
+    def one(t, d):
+        stats = spectral_stats(jnp.exp(t), d)
+        return profiled_criterion_from_stats(stats, d.n, "REML"), profiled_criterion_from_stats(stats, d.n, "ML")
+    return jax.vmap(one, in_axes=(0, _BATCHED))(log_lambda, data)
 
-    Each grid point's weighted statistics serve both criteria; grid points are visited one at a time (lax.map), so
-    memory stays at one chunk's worth."""
-    grid = jnp.linspace(*LOG_LAMBDA_BOUNDS, GRID_POINTS)
-    axes = (0, _BATCHED)
 
-    def both(t):
-        def one(t_b, d):
-            stats = spectral_stats(jnp.exp(t_b), d)
-            return (profiled_criterion_from_stats(stats, d.n, "REML"), profiled_criterion_from_stats(stats, d.n, "ML"))
-        return jax.vmap(one, in_axes=axes)(jnp.broadcast_to(t, starts_remle.shape), data)
+def _chunk_both(log_lambda, data: ChunkData):
+    """(REML, ML) criteria of every variant of a chunk at log_lambda (B,), from one weighted Gram."""
+    return _both_from_projected(chunk_criteria.projected(jnp.exp(log_lambda), data), data)
 
-    grid_remle, grid_mle = jax.lax.map(both, grid)  # (GRID_POINTS, B) each
-    start_remle = _batched_criterion(starts_remle, data, "REML")
-    start_mle = _batched_criterion(starts_mle, data, "ML")
+
+def _both_from_projected(stats, data: ChunkData):
+    p = data.shared.shape[1]
+    return chunk_criteria.criterion(stats, data.n, p, "REML"), chunk_criteria.criterion(stats, data.n, p, "ML")
+
+
+def _log_lambda_grid():
+    return jnp.linspace(*LOG_LAMBDA_BOUNDS, GRID_POINTS)
+
+
+def _mapped_grid(both, batch_shape):
+    """(REML, ML) criteria (G, B) on the log lambda grid, one grid point at a time (lax.map) through ``both``."""
+    return jax.lax.map(lambda t: both(jnp.broadcast_to(t, batch_shape)), _log_lambda_grid())
+
+
+def _chunk_grid(data: ChunkData):
+    """(REML, ML) criteria (G, B) of every variant of a chunk on the grid: the grid's weights are shared by all
+    variants, so it costs a few matrix products (:func:`jaxlmm.chunk_criteria.grid_projected`)."""
+    return _both_from_projected(chunk_criteria.grid_projected(jnp.exp(_log_lambda_grid()), data), data)
+
+
+def _grid_starts(grid_values, both, starts_remle, starts_mle):
+    """Best REML and ML starting points per model among a 16-point log grid on [1e-5, 1e5] and the given starts.
+
+    grid_values: (REML, ML) criteria (G, B) on the grid; both: log_lambda (B,) -> (REML (B,), ML (B,))."""
+    grid = _log_lambda_grid()
+    grid_remle, grid_mle = grid_values
+    start_remle, _ = both(starts_remle)
+    _, start_mle = both(starts_mle)
 
     def pick(values, start_values, starts):
-        best = jnp.argmin(values, axis=0)
-        best_grid = grid[best]
+        best_grid = grid[jnp.argmin(values, axis=0)]
         return jnp.where(start_values <= jnp.min(values, axis=0), starts, best_grid)
 
     return pick(grid_remle, start_remle, starts_remle), pick(grid_mle, start_mle, starts_mle)
 
 
+def _optimize_log_lambdas(criterion, both, grid_values, starts_remle, starts_mle, max_iter, derivatives=None):
+    """Per-model REML and ML optima of log lambda on GEMMA's interval [1e-5, 1e5]: grid start, then elementwise
+    Newton (optax). criterion(log_lambda (B,), method) -> (B,), separable; both, grid_values as in
+    :func:`_grid_starts`; starts: (B,); derivatives(log_lambda, method) -> (value, gradient, curvature) when the
+    caller has them cheaper than forward mode. Returns two ElementwiseResults."""
+    t_remle, t_mle = _grid_starts(grid_values, both, starts_remle, starts_mle)
+    results = []
+    for method, start in (("REML", t_remle), ("ML", t_mle)):
+        given = None if derivatives is None else partial(derivatives, method=method)
+        results.append(minimize_elementwise(partial(criterion, method=method), start, *LOG_LAMBDA_BOUNDS,
+                                            max_iter=max_iter, derivatives=given))
+    return tuple(results)
+
+
 @partial(jax.jit, static_argnames=("max_iter",))
-def _optimize_log_lambdas(data, starts_remle, starts_mle, max_iter):
-    """Per-variant REML and ML optima of log lambda on GEMMA's interval [1e-5, 1e5]: grid start, then elementwise
-    Newton (optax). starts: (B,). Returns two ElementwiseResults."""
-    t_remle, t_mle = _grid_starts(data, starts_remle, starts_mle)
-    remle = minimize_elementwise(lambda t: _batched_criterion(t, data, "REML"), t_remle, *LOG_LAMBDA_BOUNDS,
-                                 max_iter=max_iter)
-    mle = minimize_elementwise(lambda t: _batched_criterion(t, data, "ML"), t_mle, *LOG_LAMBDA_BOUNDS,
-                               max_iter=max_iter)
-    return remle, mle
+def _null_fit(data: SpectralData, max_iter):
+    """One phenotype's null model (no variant) in one compiled call: REML and ML optima of log lambda (grid, then
+    Newton, as for variants), q at the REML optimum, both log-likelihoods, and the REML log-likelihood's second
+    derivative in lambda (for the pve se). Returns a tuple of scalars."""
+    batch = jax.tree.map(lambda a: a[None], data)._replace(eigenvalues=data.eigenvalues, n=data.n)
+    both = partial(_batched_both, data=batch)
+    start = jnp.zeros(1, data.rotated.dtype)
+    remle, mle = _optimize_log_lambdas(lambda t, method: _batched_criterion(t, batch, method), both,
+                                       _mapped_grid(both, start.shape), start, start, max_iter)
+    lam, lam_mle = jnp.exp(remle.params[0]), jnp.exp(mle.params[0])
+    q = gls(spectral_stats(lam, data)).q
+    curvature = jax.hessian(lambda l: -0.5 * _reml(l, data))(lam)
+    return lam, lam_mle, q, -0.5 * _reml(lam, data), -0.5 * _ml(lam_mle, data), curvature
 
 
-def _schur_xy(stats, c):
-    """x'Py, x'Px, y'Py with P projecting out the first c columns (covariates) under H^-1 weights."""
-    full = jnp.concatenate(
-        [jnp.concatenate([stats.xhx, stats.xhy[:, None]], axis=1),
-         jnp.concatenate([stats.xhy, stats.yhy[None]])[None, :]], axis=0)
-    cc, cr, rr = full[:c, :c], full[:c, c:], full[c:, c:]
-    schur = rr - cr.T @ jnp.linalg.solve(cc, cr)
-    return schur[0, 1], schur[0, 0], schur[1, 1]
-
-
-def _variant_tests(data: SpectralData, t_remle, t_mle, null_log_lambda_mle, null_logl_mle, trace_ratio,
+def _variant_tests(data: ChunkData, t_remle, t_mle, null_log_lambda_mle, null_logl_mle, trace_ratio,
                    fixed_variance_scale, *, c):
-    """Statistics of one variant given its REML and ML log lambdas. data.rotated columns: [covariates, variant, y]."""
+    """Statistics of every variant of a chunk given their REML and ML log lambdas (B,); (B,) arrays out."""
     n = data.n
     df = n - c - 1
     lam = jnp.exp(t_remle)
-    stats = spectral_stats(lam, data)
-    sol = gls(stats)
-    s2_e = sol.q / df
-    cov_xx = jax.scipy.linalg.cho_solve((sol.xhx_chol, True), jnp.eye(c + 1, dtype=stats.xhx.dtype))[c, c]
-    beta = sol.beta[c]
-    se = jnp.sqrt(s2_e * cov_xx)
+    stats = chunk_criteria.projected(lam, data)
+    beta, q = chunk_criteria.residual(stats)
+    s2_e = q / df
+    se = jnp.sqrt(s2_e / stats.xpx)  # [(X'H^-1X)^-1]_xx = 1 / x'Px
     wald = (beta / se) ** 2
-    logl_remle = -0.5 * profiled_criterion_from_stats(stats, n, "REML")
-    logl_mle = -0.5 * _ml(jnp.exp(t_mle)[None], data)
+    logl_remle = -0.5 * chunk_criteria.criterion(stats, n, c + 1, "REML")
+    logl_mle = -0.5 * chunk_criteria.chunk_criterion(t_mle, data, "ML")
     lrt = 2.0 * (logl_mle - null_logl_mle)
-    xpy, xpx, ypy = _schur_xy(spectral_stats(jnp.exp(null_log_lambda_mle), data), c)
-    score = n * xpy**2 / (ypy * xpx)
+    null = chunk_criteria.projected(jnp.exp(null_log_lambda_mle), data)
+    score = n * null.xpy**2 / (null.ypy * null.xpx)
     s2_g = lam * s2_e
     fixed = beta**2 * fixed_variance_scale
     return dict(
         beta=beta, se=se, wald=wald, p_wald=f1_sf(wald, df), p_lrt=chi2_1_sf(lrt), p_score=f1_sf(score, df),
         lambda_remle=lam, lambda_mle=jnp.exp(t_mle), s2_g=s2_g, s2_e=s2_e,
         logl_remle=logl_remle, logl_mle=logl_mle, logl_H1=logl_mle,
-        pve=fixed / (fixed + s2_g * trace_ratio + s2_e), collinear_ratio=xpx,
+        pve=fixed / (fixed + s2_g * trace_ratio + s2_e), collinear_ratio=null.xpx,
     )
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# a chunk: rotation + batched fits
+# a chunk: rotation + whole-chunk fits
 
 
 class _Shared(NamedTuple):
@@ -208,47 +238,41 @@ class _Shared(NamedTuple):
     trace_ratio: jnp.ndarray  # ()  tr(K)/n
 
 
-def _variant_data(shared, x_r, xx, xc, xy, y_r, cy_gram, c):
-    """SpectralData of one variant's model [covariates, variant, y] from the rotated variant and its null grams."""
-    rotated = jnp.concatenate([shared.cov_rot, x_r[:, None], y_r[:, None]], axis=1)
-    top = jnp.concatenate([cy_gram[:c, :c], xc[:, None], cy_gram[:c, c:]], axis=1)
-    middle = jnp.concatenate([xc, xx[None], xy[None]])[None, :]
-    bottom = jnp.concatenate([cy_gram[c:, :c], xy[None, None], cy_gram[c:, c:]], axis=1)
-    gram = jnp.concatenate([top, middle, bottom], axis=0)
-    return SpectralData(shared.eigenvalues, rotated, gram, jnp.asarray(x_r.dtype.type(shared.Y.shape[0])))
-
-
 @partial(jax.jit, static_argnames=("c", "exact", "max_iter", "rotation_dtype"))
 def _fit_chunk(rotation_basis, shared: _Shared, genotypes, *, c, exact, max_iter, rotation_dtype):
     """genotypes: (n, B) imputed. Returns a dict of (P, B) arrays for every phenotype and variant of the chunk.
 
     rotation_basis is the kernel's basis in rotation_dtype: U'X runs in that precision, everything after in float64.
     """
+    genotypes = genotypes.astype(shared.Y.dtype)
     x_rot = structure.rotate(rotation_basis, genotypes.astype(rotation_dtype)).astype(genotypes.dtype)  # (m, B)
     xx = jnp.sum(genotypes * genotypes, axis=0) - jnp.sum(x_rot * x_rot, axis=0)  # (B,)
-    xc = genotypes.T @ shared.cov - x_rot.T @ shared.cov_rot  # (B, c)
-    xy = genotypes.T @ shared.Y - x_rot.T @ shared.y_rot  # (B, P)
+    xc = shared.cov.T @ genotypes - shared.cov_rot.T @ x_rot  # (c, B)
+    xy = shared.Y.T @ genotypes - shared.y_rot.T @ x_rot  # (P, B)
     fixed_scale = jnp.var(genotypes, axis=0, ddof=1)  # var(x b) = b^2 var(x)
+    n = jnp.asarray(genotypes.shape[0], genotypes.dtype)
+    b = x_rot.shape[1]
 
     def one_phenotype(xy_p, y_r, cy_gram, t_remle0, t_mle0, logl0):
-        data = jax.vmap(_variant_data, in_axes=(None, 1, 0, 0, 0, None, None, None), out_axes=_BATCHED)(
-            shared, x_rot, xx, xc, xy_p, y_r, cy_gram, c)
-        b = x_rot.shape[1]
+        data = chunk_criteria.chunk_data(shared.eigenvalues, jnp.concatenate([shared.cov_rot, y_r[:, None]], axis=1),
+                                         x_rot, cy_gram, jnp.concatenate([xc, xy_p[None]]), xx, n)
         if exact:
-            remle, mle = _optimize_log_lambdas(data, jnp.full(b, t_remle0), jnp.full(b, t_mle0), max_iter)
+            remle, mle = _optimize_log_lambdas(partial(chunk_criteria.chunk_criterion, data=data),
+                                               partial(_chunk_both, data=data), _chunk_grid(data), jnp.full(b, t_remle0),
+                                               jnp.full(b, t_mle0), max_iter,
+                                               partial(chunk_criteria.chunk_criterion_derivatives, data=data))
             t_remle, t_mle = remle.params, mle.params
             converged = remle.converged & mle.converged
             iterations = remle.iterations + mle.iterations
         else:
             t_remle, t_mle = jnp.full(b, t_remle0), jnp.full(b, t_mle0)
             converged, iterations = jnp.ones(b, bool), jnp.zeros(b, jnp.int32)
-        tests = jax.vmap(partial(_variant_tests, c=c), in_axes=(_BATCHED, 0, 0, None, None, None, 0))(
-            data, t_remle, t_mle, t_mle0, logl0, shared.trace_ratio, fixed_scale)
+        tests = _variant_tests(data, t_remle, t_mle, t_mle0, logl0, shared.trace_ratio, fixed_scale, c=c)
         if not exact:
             tests["p_lrt"] = jnp.full(b, jnp.nan)
         return {**tests, "converged": converged, "iterations": iterations}
 
-    return jax.vmap(one_phenotype, in_axes=(1, 1, 0, 0, 0, 0))(
+    return jax.vmap(one_phenotype, in_axes=(0, 1, 0, 0, 0, 0))(
         xy, shared.y_rot, shared.cy_null_gram, shared.null_log_lambda_remle, shared.null_log_lambda_mle,
         shared.null_logl_mle)
 
@@ -262,22 +286,17 @@ def _null_models(basis, cov, Y, trace_ratio, max_iter):
     out = {k: [] for k in NullModel._fields}
     for p in range(Y.shape[1]):
         data = structure.spectral_data(basis, jnp.asarray(Y[:, p]), jnp.asarray(cov))
-        batch = jax.tree.map(lambda a: a[None], data)._replace(eigenvalues=data.eigenvalues, n=data.n)
-        remle, mle = _optimize_log_lambdas(batch, jnp.zeros(1), jnp.zeros(1), max_iter)
-        t_remle, t_mle = remle.params[0], mle.params[0]
-        lam = jnp.exp(t_remle)
-        stats = spectral_stats(lam, data)
-        s2_e = float(gls(stats).q / (Y.shape[0] - cov.shape[1]))
-        out["lambda_remle"].append(float(lam))
-        out["lambda_mle"].append(float(jnp.exp(t_mle)))
-        out["logl_remle"].append(float(-0.5 * _reml(lam[None], data)))
-        out["logl_mle"].append(float(-0.5 * _ml(jnp.exp(t_mle)[None], data)))
-        out["s2_g"].append(float(lam) * s2_e)
+        lam, lam_mle, q, logl_remle, logl_mle, h = map(float, _null_fit(data, max_iter))
+        s2_e = q / (Y.shape[0] - cov.shape[1])
+        out["lambda_remle"].append(lam)
+        out["lambda_mle"].append(lam_mle)
+        out["logl_remle"].append(logl_remle)
+        out["logl_mle"].append(logl_mle)
+        out["s2_g"].append(lam * s2_e)
         out["s2_e"].append(s2_e)
         # pve and its delta-method se from the REML curvature in lambda (GEMMA's definition)
-        h = float(jax.hessian(lambda l: -0.5 * _reml(l[None], data))(lam))
         var_lambda = -1.0 / h if h < 0 else np.nan
-        scaled = float(lam) * trace_ratio
+        scaled = lam * trace_ratio
         out["pve"].append(scaled / (scaled + 1.0))
         out["pve_se"].append(trace_ratio / (scaled + 1.0) ** 2 * np.sqrt(var_lambda))
     return NullModel(**{k: np.asarray(v) for k, v in out.items()})

@@ -1,0 +1,203 @@
+"""REML/ML criteria of all one-variant models of a chunk at once, as whole-array operations (the scan's hot loop).
+
+Variant b of a chunk has the model ``y ~ C + x_b + u``, ``H_b = I + lambda_b K``. In K's eigenbasis (eigenvalues
+``s_i``, i = 1..m) with weights ``w_ib = 1 / (1 + lambda_b s_i)``, every entry of its weighted Gram matrix
+``[C x_b y]' H_b^-1 [C x_b y]`` is a weighted sum over the m rotated rows plus the part K does not reach:
+
+    [C y]'W_b[C y]  = products' @ W          (one matrix product for all b; products = pairwise column products)
+    [C y]'W_b x_b   = [C y]' @ (W * X)       (one elementwise pass and one matrix product)
+    x_b'W_b x_b     = sum_i w_ib x_ib^2      (one pass)
+    log|H_b|        = sum_i log(1 + lambda_b s_i)
+
+with ``W = (w_ib)`` and ``X = (U'x_b)`` both (m, B). So one evaluation for the whole chunk is a few passes over two
+(m, B) arrays, instead of B separate (m, c+2) Gram matrices.
+
+From the Gram matrix, covariates are projected out by sequential elimination (GEMMA's ``CalcPab``, Gaussian
+elimination on an SPD matrix, i.e. a Cholesky factorization written out): eliminating column k updates
+``P[a, b] <- P[a, b] - P[a, k] P[b, k] / P[k, k]`` and contributes ``log P[k, k]`` to ``log|X'H^-1X|``. With c
+covariates this is O(c^3) elementwise operations on (B,) arrays, no batched small-matrix factorizations. After the
+covariates: ``xPx, xPy, yPy``; then ``beta = xPy / xPx``, ``q = yPy - xPy^2 / xPx`` and
+
+    REML: log|H| + log|C'H^-1C| + log xPx + (n - p) (1 + log(2 pi q / (n - p)))
+    ML:   log|H| + n (1 + log(2 pi q / n)),          p = c + 1,
+
+the same profiled criteria as :mod:`jaxlmm.likelihood` (lme4 units, -2 log L).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .likelihood import LOG_2PI
+
+
+class ChunkData(NamedTuple):
+    """One phenotype and the B variants of a chunk, rotated into K's eigenbasis.
+
+    eigenvalues:   (m,)        s_i
+    shared:        (m, c+1)    U'[C y]
+    products:      (m, k)      products of pairs of shared columns, k = (c+1)(c+2)/2, in ``np.triu_indices`` order
+    x:             (m, B)      U'x_b
+    null_shared:   (c+1, c+1)  [C y]'(I - UU')[C y]
+    null_x_shared: (c+1, B)    [C y]'(I - UU') x_b
+    null_xx:       (B,)        x_b'(I - UU') x_b
+    n:             ()          observations
+    """
+
+    eigenvalues: jnp.ndarray
+    shared: jnp.ndarray
+    products: jnp.ndarray
+    x: jnp.ndarray
+    null_shared: jnp.ndarray
+    null_x_shared: jnp.ndarray
+    null_xx: jnp.ndarray
+    n: jnp.ndarray
+
+
+class Projected(NamedTuple):
+    """Per-variant statistics with the covariates projected out under H^-1 weights; every field (B,).
+
+    logdet_h: log|H|;  logdet_cc: log|C'H^-1C|;  xpx, xpy, ypy: x'Px, x'Py, y'Py
+    """
+
+    logdet_h: jnp.ndarray
+    logdet_cc: jnp.ndarray
+    xpx: jnp.ndarray
+    xpy: jnp.ndarray
+    ypy: jnp.ndarray
+
+
+def chunk_data(eigenvalues, shared, x, null_shared, null_x_shared, null_xx, n) -> ChunkData:
+    """Assemble :class:`ChunkData`, computing the pairwise products of the shared columns once."""
+    rows, cols = np.triu_indices(shared.shape[1])
+    return ChunkData(eigenvalues, shared, shared[:, rows] * shared[:, cols], x, null_shared, null_x_shared, null_xx,
+                     n)
+
+
+def _entries(shared, cross, xx, data: ChunkData) -> dict:
+    """Gram entries keyed by column pair (a, b), a <= b, columns ordered [C_1..C_c, x, y], from the weighted sums
+    over rotated rows (shared: (k, ...), cross: (c+1, ...), xx: (...)) plus the parts K does not reach."""
+    c1 = data.shared.shape[1]  # c + 1
+    tail = (1,) * (xx.ndim - 1)  # per-variant null parts broadcast over leading axes (grid points)
+    order = list(range(c1 - 1)) + [c1]  # shared column j -> position in [C x y]
+    entries = {}
+    for i, (a, b) in enumerate(zip(*np.triu_indices(c1))):
+        entries[(order[a], order[b])] = shared[i] + data.null_shared[a, b]
+    for a in range(c1):
+        entries[tuple(sorted((order[a], c1 - 1)))] = cross[a] + data.null_x_shared[a].reshape(tail + (-1,))
+    entries[(c1 - 1, c1 - 1)] = xx + data.null_xx.reshape(tail + (-1,))
+    return entries
+
+
+def gram(ratio: jnp.ndarray, data: ChunkData):
+    """Weighted Gram entries of every variant's [C x y] at ratios (B,) (or one shared ratio ()).
+
+    Returns (entries, logdet_h): entries maps a column pair (a, b), a <= b, columns ordered [C_1..C_c, x, y], to a
+    (B,) array; logdet_h (B,) is log|H_b|."""
+    lam_s = data.eigenvalues[:, None] * jnp.broadcast_to(ratio, data.x.shape[1:])[None, :]  # (m, B)
+    weights = 1.0 / (1.0 + lam_s)
+    weighted_x = weights * data.x
+    entries = _entries(data.products.T @ weights, data.shared.T @ weighted_x, jnp.sum(weighted_x * data.x, axis=0),
+                       data)
+    return entries, jnp.sum(jnp.log1p(lam_s), axis=0)
+
+
+def grid_gram(ratios: jnp.ndarray, data: ChunkData):
+    """Gram entries of every variant at each of G ratios shared by all variants: ratios (G,) -> entries (G, B) and
+    logdet_h (G, 1). The weights are then one (m, G) matrix, so the whole grid is three matrix products."""
+    m, b = data.x.shape
+    weights = 1.0 / (1.0 + data.eigenvalues[:, None] * ratios[None, :])  # (m, G)
+    shared_x = (data.shared[:, :, None] * data.x[:, None, :]).reshape(m, -1)  # (m, (c+1) B)
+    cross = (weights.T @ shared_x).reshape(ratios.shape[0], -1, b).transpose(1, 0, 2)  # (c+1, G, B)
+    xx = weights.T @ (data.x * data.x)  # (G, B)
+    shared = (data.products.T @ weights)[:, :, None]  # (k, G, 1)
+    logdet_h = jnp.sum(jnp.log1p(data.eigenvalues[:, None] * ratios[None, :]), axis=0)[:, None]
+    return _entries(shared, cross, xx, data), logdet_h
+
+
+def project_covariates(entries: dict, logdet_h, c: int) -> Projected:
+    """Eliminate the c covariate columns (sequential elimination, see module docstring)."""
+    size = c + 2
+    logdet_cc = jnp.zeros_like(logdet_h)
+    for k in range(c):
+        pivot = entries[(k, k)]
+        logdet_cc = logdet_cc + jnp.log(pivot)
+        entries = {(a, b): entries[(a, b)] - entries[(k, a)] * entries[(k, b)] / pivot
+                   for a in range(k + 1, size) for b in range(a, size)}
+    return Projected(logdet_h, logdet_cc, entries[(c, c)], entries[(c, c + 1)], entries[(c + 1, c + 1)])
+
+
+def projected(ratio, data: ChunkData) -> Projected:
+    """:class:`Projected` statistics of every variant at ratios (B,) or one ratio ()."""
+    entries, logdet_h = gram(ratio, data)
+    return project_covariates(entries, logdet_h, data.shared.shape[1] - 1)
+
+
+def grid_projected(ratios, data: ChunkData) -> Projected:
+    """:class:`Projected` statistics of every variant at each of G shared ratios; fields (G, B)."""
+    entries, logdet_h = grid_gram(ratios, data)
+    return project_covariates(entries, jnp.broadcast_to(logdet_h, ratios.shape + data.x.shape[1:]),
+                              data.shared.shape[1] - 1)
+
+
+def residual(stats: Projected):
+    """(beta, q): the variant's GLS effect x'Py / x'Px and the weighted residual sum of squares."""
+    beta = stats.xpy / stats.xpx
+    return beta, stats.ypy - beta * stats.xpy
+
+
+def criterion(stats: Projected, n, p: int, method: str):
+    """Profiled -2 log restricted likelihood (REML) or -2 log likelihood (ML), (B,); p = c + 1 fixed effects."""
+    _, q = residual(stats)
+    if method == "REML":
+        df = n - p
+        return stats.logdet_h + stats.logdet_cc + jnp.log(stats.xpx) + df * (1.0 + LOG_2PI + jnp.log(q / df))
+    return stats.logdet_h + n * (1.0 + LOG_2PI + jnp.log(q / n))
+
+
+def chunk_criterion(log_ratio, data: ChunkData, method: str):
+    """Criterion of every variant at its own log lambda, (B,) -> (B,); entry b depends on log_ratio[b] only."""
+    return criterion(projected(jnp.exp(log_ratio), data), data.n, data.shared.shape[1], method)
+
+
+def _taylor_gram(ratio, data: ChunkData):
+    """Gram entries and log|H| of every variant with their first and second derivatives in t = log ratio.
+
+    With ``w = 1 / (1 + ratio s)``: ``dw/dt = w (w - 1)`` and ``d2w/dt2 = (2w - 1) w (w - 1)``, so each derivative
+    of an entry is the same weighted sum with other weights. ``d log|H| / dt = sum (1 - w)``, ``d2 log|H| / dt2 = sum w (1 - w)``.
+    Returns three (entries, logdet_h) pairs: value, first and second derivative (null parts in the value only)."""
+    lam_s = data.eigenvalues[:, None] * ratio[None, :]  # (m, B)
+    w = 1.0 / (1.0 + lam_s)
+    w1 = w * (w - 1.0)
+    logdets = (jnp.sum(jnp.log1p(lam_s), axis=0), jnp.sum(1.0 - w, axis=0), -jnp.sum(w1, axis=0))
+    zero = data._replace(null_shared=jnp.zeros_like(data.null_shared),
+                         null_x_shared=jnp.zeros_like(data.null_x_shared), null_xx=jnp.zeros_like(data.null_xx))
+    parts = []
+    for order, weights in enumerate((w, w1, (2.0 * w - 1.0) * w1)):  # separate products: XLA:CPU runs a stacked
+        weighted_x = weights * data.x  # (m, 3B) version 4x slower
+        entries = _entries(data.products.T @ weights, data.shared.T @ weighted_x,
+                           jnp.sum(weighted_x * data.x, axis=0), data if order == 0 else zero)
+        parts.append((entries, logdets[order]))
+    return parts
+
+
+def chunk_criterion_derivatives(log_ratio, data: ChunkData, method: str):
+    """(value, gradient, curvature) of :func:`chunk_criterion` in log lambda, each (B,).
+
+    The (m, B) passes give the Gram entries' Taylor coefficients (:func:`_taylor_gram`); the criterion of the
+    second-order Taylor polynomial ``E0 + E1 e + E2 e^2 / 2`` of the entries has the criterion's value, first and
+    second derivative at ``e = 0``, which nested forward-mode differentiation takes over (B,)-sized arithmetic only."""
+    (e0, l0), (e1, l1), (e2, l2) = _taylor_gram(jnp.exp(log_ratio), data)
+    c, p = data.shared.shape[1] - 1, data.shared.shape[1]
+
+    def along(eps):
+        entries = {k: e0[k] + eps * (e1[k] + 0.5 * eps * e2[k]) for k in e0}
+        return criterion(project_covariates(entries, l0 + eps * (l1 + 0.5 * eps * l2), c), data.n, p, method)
+
+    zero, ones = jnp.zeros_like(log_ratio), jnp.ones_like(log_ratio)
+    (value, grad), (_, curv) = jax.jvp(lambda e: jax.jvp(along, (e,), (ones,)), (zero,), (ones,))
+    return value, grad, curv
