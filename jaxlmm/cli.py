@@ -180,8 +180,12 @@ def _enable_compilation_cache() -> None:
 
 
 def main(argv=None) -> int:
+    """The ``jaxlmm`` command. Called with argv=None (the installed command, ``python -m jaxlmm.cli``) it is its own
+    process and keeps JAX's compilation cache; called with a list (from Python, e.g. tests) it changes no JAX
+    setting of the calling program."""
     args = build_parser().parse_args(argv)
-    _enable_compilation_cache()
+    if argv is None:
+        _enable_compilation_cache()
     try:
         return args.run(args)
     except InputError as err:

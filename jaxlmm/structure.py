@@ -98,15 +98,21 @@ def kernel(term: RandomTerm) -> np.ndarray:
     """``K = Z G Z'`` (n, n)."""
     if term.group_codes is not None:
         return term.Z @ term.Z.T
+    if _is_identity(term.Z):  # a kinship term: K = G, no n^3 products
+        return term.G
     return term.Z @ term.G @ term.Z.T
+
+
+def _is_identity(Z: np.ndarray) -> bool:
+    return Z.shape[0] == Z.shape[1] and np.array_equal(Z, np.eye(Z.shape[0]))
 
 
 def mean_kernel_diagonal(term: RandomTerm) -> float:
     """``tr(K) / n``: the phenotypic variance one unit of ``s2`` contributes on average (1 for a grouping factor)."""
     if term.group_codes is not None:
         return 1.0
-    n, q = term.Z.shape
-    if n == q and np.array_equal(term.Z, np.eye(n)):  # kinship term: tr(K)
+    n = term.Z.shape[0]
+    if _is_identity(term.Z):  # kinship term: tr(K)
         return float(np.trace(term.G) / n)
     return float(np.sum((term.Z @ term.G) * term.Z) / n)
 
