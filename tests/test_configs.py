@@ -45,7 +45,7 @@ def test_config_keys_types_and_precedence(tmp_path):
     (tmp_path / "s.toml").write_text('bfile = "x"\nout = \n')
     with pytest.raises(InputError, match="not valid TOML"):
         scan_config(tmp_path / "s.toml")
-    with pytest.raises(InputError, match="either as bfile"):
+    with pytest.raises(InputError, match="give the genotypes as one of bfile"):
         scan_config(out="y")
     with pytest.raises(InputError, match="part must look like i/n"):
         scan_config(bfile="x", out="y", part="2-3")
