@@ -28,34 +28,38 @@ _SCAN_NAME = {"l_remle": "lambda_remle", "l_mle": "lambda_mle"}  # GEMMA's names
 
 def genomic_inflation(p_values: np.ndarray) -> float:
     """lambda_GC: median chi-square(1) statistic of the p-values over its expected median 0.4549364."""
-    from jax.scipy.special import ndtri
+    from statistics import NormalDist  # exact quantile in plain Python: no JAX dispatch for one number
 
     p = p_values[np.isfinite(p_values)]
     if p.size == 0:
         return float("nan")
-    z = float(ndtri(float(np.median(p)) / 2.0))  # chi-square(1) quantile with upper tail p is z^2
+    z = NormalDist().inv_cdf(float(np.median(p)) / 2.0)  # chi-square(1) quantile with upper tail p is z^2
     return z * z / 0.45493642311957283
 
 
 def format_rows(columns: dict, bim, variants: slice) -> str:
     """Table rows for variants ``variants`` of the genotype file: columns name -> (b,) scan values (one phenotype),
-    bim the variant annotation (a :class:`jaxlmm.io.plink.Bim`)."""
+    bim the variant annotation (a :class:`jaxlmm.io.plink.Bim`). Numbers print as ``%.6e`` (``nan`` when
+    missing), flags as 0/1, counts and text as they are; one ``%`` format per row."""
     annotation = {"chr": bim.chrom, "rs": bim.rsid, "ps": bim.pos, "allele1": bim.allele1, "allele0": bim.allele0}
-    text_columns = []
+    lists, formats = [], []
     for name in GEMMA_COLUMNS + EXTRA_COLUMNS:
         if name in annotation:
-            text_columns.append([str(v) for v in np.asarray(annotation[name])[variants]])
+            values, spec = np.asarray(annotation[name])[variants], "%s"
         else:
-            text_columns.append(_format_column(np.asarray(columns[_SCAN_NAME.get(name, name)])))
-    return "".join("\t".join(row) + "\n" for row in zip(*text_columns))
+            values, spec = _column_and_format(np.asarray(columns[_SCAN_NAME.get(name, name)]))
+        lists.append(values.tolist())
+        formats.append(spec)
+    row = "\t".join(formats) + "\n"
+    return "".join(row % values for values in zip(*lists))
 
 
-def _format_column(values: np.ndarray) -> list:
+def _column_and_format(values: np.ndarray):
     if values.dtype == bool:
-        return ["1" if v else "0" for v in values]
+        return values.astype(np.int8), "%d"
     if np.issubdtype(values.dtype, np.integer) or values.dtype.kind in "US":
-        return [str(v) for v in values]
-    return [f"{v:.6e}" for v in values.astype(float)]
+        return values, "%s"
+    return values.astype(float), "%.6e"
 
 
 class ResumableTable:
