@@ -119,15 +119,21 @@ def grid_gram(ratios: jnp.ndarray, data: ChunkData):
     return _entries(shared, cross, xx, data), logdet_h
 
 
-def project_covariates(entries: dict, logdet_h, c: int) -> Projected:
-    """Eliminate the c covariate columns (sequential elimination, see module docstring)."""
-    size = c + 2
-    logdet_cc = jnp.zeros_like(logdet_h)
+def _eliminate(entries: dict, size: int, c: int, logdet_like):
+    """Eliminate the first c of ``size`` columns (sequential elimination, see module docstring); returns the
+    remaining entries and log|C'H^-1C| (shaped like logdet_like)."""
+    logdet_cc = jnp.zeros_like(logdet_like)
     for k in range(c):
         pivot = entries[(k, k)]
         logdet_cc = logdet_cc + jnp.log(pivot)
         entries = {(a, b): entries[(a, b)] - entries[(k, a)] * entries[(k, b)] / pivot
                    for a in range(k + 1, size) for b in range(a, size)}
+    return entries, logdet_cc
+
+
+def project_covariates(entries: dict, logdet_h, c: int) -> Projected:
+    """Eliminate the c covariate columns of [C x y] (see module docstring)."""
+    entries, logdet_cc = _eliminate(entries, c + 2, c, logdet_h)
     return Projected(logdet_h, logdet_cc, entries[(c, c)], entries[(c, c + 1)], entries[(c + 1, c + 1)])
 
 
@@ -159,6 +165,12 @@ def criterion(stats: Projected, n, p: int, method: str):
     return stats.logdet_h + n * (1.0 + LOG_2PI + jnp.log(q / n))
 
 
+def criterion_by_lane(stats: Projected, n, p: int, reml_lanes):
+    """REML criterion where reml_lanes is True, ML elsewhere (same shapes): REML and ML fits of a chunk run as one
+    batch of lanes sharing every pass over the chunk."""
+    return jnp.where(reml_lanes, criterion(stats, n, p, "REML"), criterion(stats, n, p, "ML"))
+
+
 def chunk_criterion(log_ratio, data: ChunkData, method: str):
     """Criterion of every variant at its own log lambda, (B,) -> (B,); entry b depends on log_ratio[b] only."""
     return criterion(projected(jnp.exp(log_ratio), data), data.n, data.shared.shape[1], method)
@@ -185,8 +197,9 @@ def _taylor_gram(ratio, data: ChunkData):
     return parts
 
 
-def chunk_criterion_derivatives(log_ratio, data: ChunkData, method: str):
-    """(value, gradient, curvature) of :func:`chunk_criterion` in log lambda, each (B,).
+def chunk_criterion_derivatives(log_ratio, data: ChunkData, method):
+    """(value, gradient, curvature) of :func:`chunk_criterion` in log lambda, each (B,); method "REML", "ML" or a
+    (B,) bool array choosing REML per lane (see :func:`criterion_by_lane`).
 
     The (m, B) passes give the Gram entries' Taylor coefficients (:func:`_taylor_gram`); the criterion of the
     second-order Taylor polynomial ``E0 + E1 e + E2 e^2 / 2`` of the entries has the criterion's value, first and
@@ -196,8 +209,50 @@ def chunk_criterion_derivatives(log_ratio, data: ChunkData, method: str):
 
     def along(eps):
         entries = {k: e0[k] + eps * (e1[k] + 0.5 * eps * e2[k]) for k in e0}
-        return criterion(project_covariates(entries, l0 + eps * (l1 + 0.5 * eps * l2), c), data.n, p, method)
+        stats = project_covariates(entries, l0 + eps * (l1 + 0.5 * eps * l2), c)
+        if isinstance(method, str):
+            return criterion(stats, data.n, p, method)
+        return criterion_by_lane(stats, data.n, p, method)
 
     zero, ones = jnp.zeros_like(log_ratio), jnp.ones_like(log_ratio)
     (value, grad), (_, curv) = jax.jvp(lambda e: jax.jvp(along, (e,), (ones,)), (zero,), (ones,))
     return value, grad, curv
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the null model (no variant): the same weighted sums over the shared columns only
+
+
+class NullData(NamedTuple):
+    """One phenotype's model without a variant, ``y ~ C + u``, rotated into K's eigenbasis.
+
+    eigenvalues: (m,)  s_i;  products: (m, k) pairwise products of the columns of U'[C y] (as in :class:`ChunkData`);
+    null_shared: (c+1, c+1)  [C y]'(I - UU')[C y];  n: () observations
+    """
+
+    eigenvalues: jnp.ndarray
+    products: jnp.ndarray
+    null_shared: jnp.ndarray
+    n: jnp.ndarray
+
+
+def null_data(eigenvalues, shared, null_shared, n) -> NullData:
+    """:class:`NullData` from U'[C y] (m, c+1) and the part K does not reach."""
+    rows, cols = np.triu_indices(shared.shape[1])
+    return NullData(eigenvalues, shared[:, rows] * shared[:, cols], null_shared, n)
+
+
+def null_criteria(ratios, data: NullData):
+    """(REML, ML) criteria of the model without a variant at ratios (R,) -> two (R,) arrays, with
+    p = c fixed effects (the covariates; c = 0 allowed); y'Py is the residual sum of squares q.
+    Returns (reml, ml, q)."""
+    c = data.null_shared.shape[0] - 1
+    lam_s = data.eigenvalues[:, None] * ratios[None, :]  # (m, R)
+    sums = data.products.T @ (1.0 / (1.0 + lam_s))  # (k, R)
+    entries = {(a, b): sums[i] + data.null_shared[a, b] for i, (a, b) in enumerate(zip(*np.triu_indices(c + 1)))}
+    logdet_h = jnp.sum(jnp.log1p(lam_s), axis=0)
+    entries, logdet_cc = _eliminate(entries, c + 1, c, logdet_h)
+    q, n = entries[(c, c)], data.n
+    reml = logdet_h + logdet_cc + (n - c) * (1.0 + LOG_2PI + jnp.log(q / (n - c)))
+    ml = logdet_h + n * (1.0 + LOG_2PI + jnp.log(q / n))
+    return reml, ml, q

@@ -39,9 +39,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import chunk_criteria, structure, validate
-from .chunk_criteria import ChunkData
-from .likelihood import (SpectralData, gls, profiled_criterion_from_stats, spectral_profiled_criterion_at_ratio,
-                         spectral_stats)
 from .optimize import minimize_elementwise
 from .pvalues import chi2_1_sf, f1_sf
 
@@ -94,120 +91,72 @@ class ScanResult(NamedTuple):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# one variant, one phenotype (vmapped below)
-
-
-def _reml(ratio, data):
-    return spectral_profiled_criterion_at_ratio(ratio, data, "REML")
-
-
-def _ml(ratio, data):
-    return spectral_profiled_criterion_at_ratio(ratio, data, "ML")
-
-
-_BATCHED = SpectralData(None, 0, 0, None)  # a batch of SpectralData: rotated data and grams per element
-
-
-def _batched_criterion(log_lambda, data, method):
-    """Criterion of every model of a SpectralData batch: log_lambda (B,), data batched over its first axis."""
-    return jax.vmap(lambda t, d: spectral_profiled_criterion_at_ratio(jnp.exp(t), d, method),
-                    in_axes=(0, _BATCHED))(log_lambda, data)
-
-
-def _batched_both(log_lambda, data):
-    """(REML, ML) criteria of a SpectralData batch at log_lambda (B,), from one set of weighted statistics."""
-    def one(t, d):
-        stats = spectral_stats(jnp.exp(t), d)
-        return profiled_criterion_from_stats(stats, d.n, "REML"), profiled_criterion_from_stats(stats, d.n, "ML")
-    return jax.vmap(one, in_axes=(0, _BATCHED))(log_lambda, data)
-
-
-def _chunk_both(log_lambda, data: ChunkData):
-    """(REML, ML) criteria of every variant of a chunk at log_lambda (B,), from one weighted Gram."""
-    return _both_from_projected(chunk_criteria.projected(jnp.exp(log_lambda), data), data)
-
-
-def _both_from_projected(stats, data: ChunkData):
-    p = data.shared.shape[1]
-    return chunk_criteria.criterion(stats, data.n, p, "REML"), chunk_criteria.criterion(stats, data.n, p, "ML")
+# optima of log lambda: grid starts, then REML and ML Newton steps as one batch of lanes
 
 
 def _log_lambda_grid():
     return jnp.linspace(*LOG_LAMBDA_BOUNDS, GRID_POINTS)
 
 
-def _mapped_grid(both, batch_shape):
-    """(REML, ML) criteria (G, B) on the log lambda grid, one grid point at a time (lax.map) through ``both``."""
-    return jax.lax.map(lambda t: both(jnp.broadcast_to(t, batch_shape)), _log_lambda_grid())
+def _best_start(points, values):
+    """points (G,), values (G, B) -> (B,): each model's best point (the first on ties, so a start placed first is
+    kept unless the grid beats it)."""
+    return points[jnp.argmin(values, axis=0)]
 
 
-def _chunk_grid(data: ChunkData):
-    """(REML, ML) criteria (G, B) of every variant of a chunk on the grid: the grid's weights are shared by all
-    variants, so it costs a few matrix products (:func:`jaxlmm.chunk_criteria.grid_projected`)."""
-    return _both_from_projected(chunk_criteria.grid_projected(jnp.exp(_log_lambda_grid()), data), data)
+def _newton_both(derivatives, start_remle, start_mle, max_iter):
+    """REML and ML optima of log lambda for B models at once: 2B lanes (REML first) of elementwise Newton (optax,
+    :func:`jaxlmm.optimize.minimize_elementwise`) on GEMMA's interval, so both fits share every evaluation.
+    derivatives(log_lambda (2B,), reml_lanes (2B,) bool) -> (value, gradient, curvature). Returns the
+    ElementwiseResult of the 2B lanes."""
+    b = start_remle.shape[0]
+    lanes = jnp.arange(2 * b) < b
+    given = partial(derivatives, reml_lanes=lanes)
+    return minimize_elementwise(lambda t: given(t)[0], jnp.concatenate([start_remle, start_mle]), *LOG_LAMBDA_BOUNDS,
+                                max_iter=max_iter, derivatives=given)
 
 
-def _grid_starts(grid_values, both, starts_remle, starts_mle):
-    """Best REML and ML starting points per model among a 16-point log grid on [1e-5, 1e5] and the given starts.
+def _null_derivatives(log_lambda, data, reml_lanes):
+    """(value, gradient, curvature) in log lambda of the null criteria, REML or ML per lane (nested forward mode over
+    a few (R,)-sized sums)."""
+    def value(t):
+        reml, ml, _ = chunk_criteria.null_criteria(jnp.exp(t), data)
+        return jnp.where(reml_lanes, reml, ml)
 
-    grid_values: (REML, ML) criteria (G, B) on the grid; both: log_lambda (B,) -> (REML (B,), ML (B,))."""
-    grid = _log_lambda_grid()
-    grid_remle, grid_mle = grid_values
-    start_remle, _ = both(starts_remle)
-    _, start_mle = both(starts_mle)
-
-    def pick(values, start_values, starts):
-        best_grid = grid[jnp.argmin(values, axis=0)]
-        return jnp.where(start_values <= jnp.min(values, axis=0), starts, best_grid)
-
-    return pick(grid_remle, start_remle, starts_remle), pick(grid_mle, start_mle, starts_mle)
-
-
-def _optimize_log_lambdas(criterion, both, grid_values, starts_remle, starts_mle, max_iter, derivatives=None):
-    """Per-model REML and ML optima of log lambda on GEMMA's interval [1e-5, 1e5]: grid start, then elementwise
-    Newton (optax). criterion(log_lambda (B,), method) -> (B,), separable; both, grid_values as in
-    :func:`_grid_starts`; starts: (B,); derivatives(log_lambda, method) -> (value, gradient, curvature) when the
-    caller has them cheaper than forward mode. Returns two ElementwiseResults."""
-    t_remle, t_mle = _grid_starts(grid_values, both, starts_remle, starts_mle)
-    results = []
-    for method, start in (("REML", t_remle), ("ML", t_mle)):
-        given = None if derivatives is None else partial(derivatives, method=method)
-        results.append(minimize_elementwise(partial(criterion, method=method), start, *LOG_LAMBDA_BOUNDS,
-                                            max_iter=max_iter, derivatives=given))
-    return tuple(results)
+    ones = jnp.ones_like(log_lambda)
+    (v, grad), (_, curv) = jax.jvp(lambda t: jax.jvp(value, (t,), (ones,)), (log_lambda,), (ones,))
+    return v, grad, curv
 
 
 @partial(jax.jit, static_argnames=("max_iter",))
-def _null_fit(data: SpectralData, max_iter):
+def _null_fit(data: chunk_criteria.NullData, max_iter):
     """One phenotype's null model (no variant) in one compiled call: REML and ML optima of log lambda (grid, then
     Newton, as for variants), q at the REML optimum, both log-likelihoods, and the REML log-likelihood's second
     derivative in lambda (for the pve se). Returns a tuple of scalars."""
-    batch = jax.tree.map(lambda a: a[None], data)._replace(eigenvalues=data.eigenvalues, n=data.n)
-    both = partial(_batched_both, data=batch)
-    start = jnp.zeros(1, data.rotated.dtype)
-    remle, mle = _optimize_log_lambdas(lambda t, method: _batched_criterion(t, batch, method), both,
-                                       _mapped_grid(both, start.shape), start, start, max_iter)
-    lam, lam_mle = jnp.exp(remle.params[0]), jnp.exp(mle.params[0])
-    q = gls(spectral_stats(lam, data)).q
-    curvature = jax.hessian(lambda l: -0.5 * _reml(l, data))(lam)
-    return lam, lam_mle, q, -0.5 * _reml(lam, data), -0.5 * _ml(lam_mle, data), curvature
+    points = jnp.concatenate([jnp.zeros(1, data.products.dtype), _log_lambda_grid()])  # lambda = 1, then the grid
+    reml, ml, _ = chunk_criteria.null_criteria(jnp.exp(points), data)
+    fit = _newton_both(partial(_null_derivatives, data=data), _best_start(points, reml[:, None]),
+                       _best_start(points, ml[:, None]), max_iter)
+    lam, lam_mle = jnp.exp(fit.params[0]), jnp.exp(fit.params[1])
+    reml_at, _, q = chunk_criteria.null_criteria(lam[None], data)
+    _, ml_at, _ = chunk_criteria.null_criteria(lam_mle[None], data)
+    curvature = jax.hessian(lambda l: -0.5 * chunk_criteria.null_criteria(l[None], data)[0][0])(lam)
+    return lam, lam_mle, q[0], -0.5 * reml_at[0], -0.5 * ml_at[0], curvature
 
 
-def _variant_tests(data: ChunkData, t_remle, t_mle, null_log_lambda_mle, null_logl_mle, trace_ratio,
-                   fixed_variance_scale, *, c):
-    """Statistics of every variant of a chunk given their REML and ML log lambdas (B,); (B,) arrays out."""
-    n = data.n
+def _variant_tests(remle, ml_criterion, null, t_remle, t_mle, null_logl_mle, trace_ratio, fixed_variance_scale,
+                   *, n, c):
+    """Statistics of every variant of a chunk, (B,) arrays: remle, null: :class:`chunk_criteria.Projected` at the
+    variant's REML lambda and at the null model's ML lambda; ml_criterion: the ML criterion at its ML lambda."""
     df = n - c - 1
     lam = jnp.exp(t_remle)
-    stats = chunk_criteria.projected(lam, data)
-    beta, q = chunk_criteria.residual(stats)
+    beta, q = chunk_criteria.residual(remle)
     s2_e = q / df
-    se = jnp.sqrt(s2_e / stats.xpx)  # [(X'H^-1X)^-1]_xx = 1 / x'Px
+    se = jnp.sqrt(s2_e / remle.xpx)  # [(X'H^-1X)^-1]_xx = 1 / x'Px
     wald = (beta / se) ** 2
-    logl_remle = -0.5 * chunk_criteria.criterion(stats, n, c + 1, "REML")
-    logl_mle = -0.5 * chunk_criteria.chunk_criterion(t_mle, data, "ML")
+    logl_remle = -0.5 * chunk_criteria.criterion(remle, n, c + 1, "REML")
+    logl_mle = -0.5 * ml_criterion
     lrt = 2.0 * (logl_mle - null_logl_mle)
-    null = chunk_criteria.projected(jnp.exp(null_log_lambda_mle), data)
     score = n * null.xpy**2 / (null.ypy * null.xpx)
     s2_g = lam * s2_e
     fixed = beta**2 * fixed_variance_scale
@@ -238,8 +187,8 @@ class _Shared(NamedTuple):
     trace_ratio: jnp.ndarray  # ()  tr(K)/n
 
 
-@partial(jax.jit, static_argnames=("c", "exact", "max_iter", "rotation_dtype"))
-def _fit_chunk(rotation_basis, shared: _Shared, genotypes, *, c, exact, max_iter, rotation_dtype):
+@partial(jax.jit, static_argnames=("c", "exact", "max_iter", "rotation_dtype", "block"))
+def _fit_chunk(rotation_basis, shared: _Shared, genotypes, *, c, exact, max_iter, rotation_dtype, block):
     """genotypes: (n, B) imputed. Returns a dict of (P, B) arrays for every phenotype and variant of the chunk.
 
     rotation_basis is the kernel's basis in rotation_dtype: U'X runs in that precision, everything after in float64.
@@ -251,26 +200,47 @@ def _fit_chunk(rotation_basis, shared: _Shared, genotypes, *, c, exact, max_iter
     xy = shared.Y.T @ genotypes - shared.y_rot.T @ x_rot  # (P, B)
     fixed_scale = jnp.var(genotypes, axis=0, ddof=1)  # var(x b) = b^2 var(x)
     n = jnp.asarray(genotypes.shape[0], genotypes.dtype)
-    b = x_rot.shape[1]
+    b, blocks = block, x_rot.shape[1] // block
 
-    def one_phenotype(xy_p, y_r, cy_gram, t_remle0, t_mle0, logl0):
+    def split(a):  # (..., B) -> (blocks, ..., block)
+        return jnp.moveaxis(a.reshape(a.shape[:-1] + (blocks, block)), -2, 0)
+
+    def one_block(x_b, xc_b, xy_b, xx_b, fixed_scale, y_r, cy_gram, t_remle0, t_mle0, logl0):
         data = chunk_criteria.chunk_data(shared.eigenvalues, jnp.concatenate([shared.cov_rot, y_r[:, None]], axis=1),
-                                         x_rot, cy_gram, jnp.concatenate([xc, xy_p[None]]), xx, n)
+                                         x_b, cy_gram, jnp.concatenate([xc_b, xy_b[None]]), xx_b, n)
+        # the null model's REML and ML lambdas, then the grid: ratios shared by all variants (matrix products)
+        grid = _log_lambda_grid()
+        points = jnp.concatenate([jnp.stack([t_remle0, t_mle0]), grid])
+        at_points = chunk_criteria.grid_projected(jnp.exp(points), data)  # fields (G + 2, B)
+        row = lambda stats, i: chunk_criteria.Projected(*(f[i] for f in stats))  # noqa: E731
+        null_ml = row(at_points, 1)  # score test
         if exact:
-            remle, mle = _optimize_log_lambdas(partial(chunk_criteria.chunk_criterion, data=data),
-                                               partial(_chunk_both, data=data), _chunk_grid(data), jnp.full(b, t_remle0),
-                                               jnp.full(b, t_mle0), max_iter,
-                                               partial(chunk_criteria.chunk_criterion_derivatives, data=data))
-            t_remle, t_mle = remle.params, mle.params
-            converged = remle.converged & mle.converged
-            iterations = remle.iterations + mle.iterations
+            reml, ml = (chunk_criteria.criterion(at_points, n, c + 1, method) for method in ("REML", "ML"))
+            first = lambda values, i: jnp.concatenate([values[i:i + 1], values[2:]])  # noqa: E731
+            doubled = data._replace(x=jnp.concatenate([data.x, data.x], axis=1),
+                                    null_x_shared=jnp.concatenate([data.null_x_shared] * 2, axis=1),
+                                    null_xx=jnp.concatenate([data.null_xx] * 2))
+            fit = _newton_both(lambda t, reml_lanes: chunk_criteria.chunk_criterion_derivatives(t, doubled, reml_lanes),
+                               _best_start(first(points, 0), first(reml, 0)), _best_start(first(points, 1), first(ml, 1)),
+                               max_iter)
+            t_remle, t_mle, ml_criterion = fit.params[:b], fit.params[b:], fit.value[b:]
+            remle = chunk_criteria.projected(jnp.exp(t_remle), data)
+            converged = fit.converged[:b] & fit.converged[b:]
+            iterations = fit.iterations[:b] + fit.iterations[b:]
         else:
             t_remle, t_mle = jnp.full(b, t_remle0), jnp.full(b, t_mle0)
+            remle, ml_criterion = row(at_points, 0), chunk_criteria.criterion(null_ml, n, c + 1, "ML")
             converged, iterations = jnp.ones(b, bool), jnp.zeros(b, jnp.int32)
-        tests = _variant_tests(data, t_remle, t_mle, t_mle0, logl0, shared.trace_ratio, fixed_scale, c=c)
+        tests = _variant_tests(remle, ml_criterion, null_ml, t_remle, t_mle, logl0, shared.trace_ratio, fixed_scale,
+                               n=n, c=c)
         if not exact:
             tests["p_lrt"] = jnp.full(b, jnp.nan)
         return {**tests, "converged": converged, "iterations": iterations}
+
+    def one_phenotype(xy_p, *per_phenotype):
+        out = jax.lax.map(lambda parts: one_block(*parts, *per_phenotype),
+                          (split(x_rot), split(xc), split(xy_p), split(xx), split(fixed_scale)))
+        return {k: v.reshape(-1) for k, v in out.items()}
 
     return jax.vmap(one_phenotype, in_axes=(0, 1, 0, 0, 0, 0))(
         xy, shared.y_rot, shared.cy_null_gram, shared.null_log_lambda_remle, shared.null_log_lambda_mle,
@@ -281,13 +251,15 @@ def _fit_chunk(rotation_basis, shared: _Shared, genotypes, *, c, exact, max_iter
 # front door
 
 
-def _null_models(basis, cov, Y, trace_ratio, max_iter):
-    """REML and ML null fits per phenotype, sharing the spectral machinery of the scan."""
+def _null_models(eigenvalues, cy_rot, cy_gram, n, trace_ratio, max_iter):
+    """REML and ML null fits per phenotype from U'[C y] (P, m, c+1) and [C y]'(I - UU')[C y] (P, c+1, c+1)."""
     out = {k: [] for k in NullModel._fields}
-    for p in range(Y.shape[1]):
-        data = structure.spectral_data(basis, jnp.asarray(Y[:, p]), jnp.asarray(cov))
+    c = cy_rot.shape[2] - 1
+    for p in range(cy_rot.shape[0]):
+        data = chunk_criteria.null_data(eigenvalues, jnp.asarray(cy_rot[p]), jnp.asarray(cy_gram[p]),
+                                        jnp.asarray(n, cy_rot.dtype))
         lam, lam_mle, q, logl_remle, logl_mle, h = map(float, _null_fit(data, max_iter))
-        s2_e = q / (Y.shape[0] - cov.shape[1])
+        s2_e = q / (n - c)
         out["lambda_remle"].append(lam)
         out["lambda_mle"].append(lam_mle)
         out["logl_remle"].append(logl_remle)
@@ -347,7 +319,8 @@ class PreparedScan(NamedTuple):
     fitted by :func:`scan_chunks` (in any order, e.g. one share of a partitioned run).
 
     null: the per-phenotype null models; n: samples; covariates: c including the intercept; phenotypes: P;
-    chunk_size: variants per fitted batch (rounded up to a multiple of the device count).
+    chunk_size: variants per chunk read and written; width: columns of the device batch a chunk is padded to (see
+    :func:`_device_placement`).
     """
 
     null: NullModel
@@ -357,8 +330,9 @@ class PreparedScan(NamedTuple):
     chunk_size: int
     min_maf: float
     max_missing: float
-    fit_chunk: object  # (n, chunk_size) imputed genotypes on the device -> dict of (P, chunk_size) arrays
+    fit_chunk: object  # (n, width) imputed genotypes on the device -> dict of (P, width) arrays
     chunk_sharding: object
+    width: int
     min_hwe_p: float = 0.0
 
 
@@ -480,26 +454,35 @@ def scan(y, genotypes, covariates=None, *, variant_names=None, **options) -> Sca
     return ScanResult(columns, prepared.null, prepared.n, prepared.covariates)
 
 
+FIT_BLOCK_CPU = 64  # variants per Newton block on CPU: a block's (m, 2 x 64) arrays stay in cache across steps
+
+
 def _device_placement(chunk_size: int):
-    """Shard chunks over the variant axis when JAX sees several devices; returns (chunk sharding, replicated
-    sharding, chunk size rounded up to a multiple of the device count). Single device: (None, None, chunk_size)."""
+    """Device batch layout for chunks of chunk_size variants. Returns (chunk sharding, replicated sharding, width,
+    block): chunks are padded to ``width`` columns, a multiple of ``block`` times the device count, and sharded over
+    the variant axis when JAX sees several devices (else both shardings are None). ``block`` is the number of
+    variants fitted together: 64 on CPU, where Newton steps over a whole 512-variant chunk run 2.5x slower out of
+    cache (measured, mouse HS1940); the whole chunk per device on accelerators."""
     devices = jax.local_devices()  # in a multi-process run each process scans its own share on its own devices
+    per_device = -(-chunk_size // len(devices))
+    block = min(per_device, FIT_BLOCK_CPU) if devices[0].platform == "cpu" else per_device
+    width = -(-chunk_size // (block * len(devices))) * block * len(devices)
     if len(devices) == 1:
-        return None, None, chunk_size
+        return None, None, width, block
     mesh = jax.sharding.Mesh(np.asarray(devices), ("variants",))
     spec = jax.sharding.PartitionSpec
-    chunk_size = -(-chunk_size // len(devices)) * len(devices)
     return (jax.sharding.NamedSharding(mesh, spec(None, "variants")), jax.sharding.NamedSharding(mesh, spec()),
-            chunk_size)
+            width, block)
 
 
 def _prepare_validated(Y, cov, term, basis, mode, chunk_size, min_maf, max_missing, max_iter, rotation_dtype):
     n, c = cov.shape
     trace_ratio = structure.mean_kernel_diagonal(term)
-    null = _null_models(basis, cov, Y, trace_ratio, max_iter)
     cy = np.concatenate([np.broadcast_to(cov, (Y.shape[1], n, c)), Y.T[:, :, None]], axis=2)  # (P, n, c+1)
-    cy_rot = np.stack([np.asarray(structure.rotate(basis, jnp.asarray(a))) for a in cy])
+    cy_rot = np.asarray(structure.rotate(basis, jnp.asarray(cy.transpose(1, 0, 2).reshape(n, -1)))).reshape(
+        -1, Y.shape[1], c + 1).transpose(1, 0, 2)  # (P, m, c+1)
     cy_gram = np.einsum("pni,pnj->pij", cy, cy) - np.einsum("pmi,pmj->pij", cy_rot, cy_rot)
+    null = _null_models(structure.eigenvalues(basis), cy_rot, cy_gram, n, trace_ratio, max_iter)
     shared = _Shared(
         eigenvalues=structure.eigenvalues(basis), cov_rot=jnp.asarray(cy_rot[0, :, :c]),
         y_rot=jnp.asarray(cy_rot[:, :, c].T), cov=jnp.asarray(cov), Y=jnp.asarray(Y), cy_null_gram=jnp.asarray(cy_gram),
@@ -507,14 +490,14 @@ def _prepare_validated(Y, cov, term, basis, mode, chunk_size, min_maf, max_missi
         null_log_lambda_mle=jnp.log(jnp.asarray(null.lambda_mle)),
         null_logl_mle=jnp.asarray(null.logl_mle), trace_ratio=jnp.asarray(trace_ratio),
     )
-    chunk_sharding, replicated, chunk_size = _device_placement(chunk_size)
+    chunk_sharding, replicated, width, block = _device_placement(chunk_size)
     if replicated is not None:
         basis, shared = jax.device_put((basis, shared), replicated)
     rotation_basis = jax.tree.map(
         lambda a: a.astype(rotation_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, basis)
     fit = partial(_fit_chunk, rotation_basis, shared, c=c, exact=mode == "exact", max_iter=max_iter,
-                  rotation_dtype=jnp.dtype(rotation_dtype))
-    return PreparedScan(null, n, c, Y.shape[1], chunk_size, min_maf, max_missing, fit, chunk_sharding)
+                  rotation_dtype=jnp.dtype(rotation_dtype), block=block)
+    return PreparedScan(null, n, c, Y.shape[1], chunk_size, min_maf, max_missing, fit, chunk_sharding, width)
 
 
 def scan_chunks(prepared: PreparedScan, genotypes, start: int = 0, stop: int | None = None) -> Iterator[ScanChunk]:
@@ -536,7 +519,7 @@ def scan_chunks(prepared: PreparedScan, genotypes, start: int = 0, stop: int | N
 
             status[(status == "ok") & (hwe_exact_pvalues(chunk) < prepared.min_hwe_p)] = "hwe"
         filler = (np.arange(n) % 2)[:, None]  # a well-posed column fitted in place of variants not analyzed
-        padded = np.empty((n, size))
+        padded = np.empty((n, prepared.width))
         padded[:, :b] = np.where(status == "ok", imputed, filler)  # filtered variants would stall the batch
         padded[:, b:] = filler
         with jax.enable_x64(True):
