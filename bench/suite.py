@@ -162,9 +162,9 @@ def plink_section(name, bfile, peers, rows, agreement, chunk_size, skip):
         if "cli" not in skip:
             _scan_rows(name, bfile, kinship_file, m, peers, workdir, rows, agreement)
     sub = np.ix_(analyzed, analyzed)
-    from jaxlmm.cli import _RowSubset
+    from jaxlmm.pipeline import ScannedGenotypes
 
-    genotypes = _RowSubset(reader, analyzed)
+    genotypes = ScannedGenotypes(reader, analyzed)
     seconds = _in_process_rows(name, reader.fam.phenotype[analyzed], genotypes, kinship[sub], m, rows, chunk_size)
     if "floor" not in skip:
         _floor_rows(name, genotypes, kinship[sub], m, rows, chunk_size, seconds)

@@ -32,13 +32,18 @@ def read_kinship(path) -> np.ndarray:
 
 
 def _read_text_matrix(path) -> np.ndarray:
-    """Whitespace-separated rows (pandas' C tokenizer: ~10x a Python split); ragged rows are named."""
+    """Whitespace-separated rows (pandas' C tokenizer: ~10x a Python split); ragged rows are named. GEMMA's
+    tab-separated files take the tokenizer's single-character path first (1940 x 1940: 0.26 s, against 0.45 s
+    for any whitespace)."""
     import pandas as pd
 
-    try:
-        return pd.read_csv(path, sep=r"\s+", header=None, dtype=np.float64, engine="c").to_numpy()
-    except (ValueError, pd.errors.ParserError):
-        pass
+    for separator in ("\t", r"\s+"):
+        try:
+            matrix = pd.read_csv(path, sep=separator, header=None, dtype=np.float64, engine="c").to_numpy()
+        except (ValueError, pd.errors.ParserError):
+            continue
+        if separator == r"\s+" or (matrix.shape[0] == matrix.shape[1] and not np.isnan(matrix).any()):
+            return matrix
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rt") as handle:
         rows = [line.split() for line in handle if line.strip()]
