@@ -197,14 +197,12 @@ def _taylor_gram(ratio, data: ChunkData):
     return parts
 
 
-def chunk_criterion_derivatives(log_ratio, data: ChunkData, method):
-    """(value, gradient, curvature) of :func:`chunk_criterion` in log lambda, each (B,); method "REML", "ML" or a
-    (B,) bool array choosing REML per lane (see :func:`criterion_by_lane`).
-
-    The (m, B) passes give the Gram entries' Taylor coefficients (:func:`_taylor_gram`); the criterion of the
-    second-order Taylor polynomial ``E0 + E1 e + E2 e^2 / 2`` of the entries has the criterion's value, first and
-    second derivative at ``e = 0``, which nested forward-mode differentiation takes over (B,)-sized arithmetic only."""
-    (e0, l0), (e1, l1), (e2, l2) = _taylor_gram(jnp.exp(log_ratio), data)
+def _derivatives_from_taylor(parts, data: ChunkData, method, shape):
+    """(value, gradient, curvature) in log lambda from the Taylor coefficients of the Gram entries and log|H|
+    (three (entries, logdet_h) pairs, every array of the given shape): the criterion of the second-order Taylor
+    polynomial ``E0 + E1 e + E2 e^2 / 2`` has the criterion's value, first and second derivative at ``e = 0``, which
+    nested forward-mode differentiation takes over arrays of that shape only."""
+    (e0, l0), (e1, l1), (e2, l2) = parts
     c, p = data.shared.shape[1] - 1, data.shared.shape[1]
 
     def along(eps):
@@ -214,9 +212,40 @@ def chunk_criterion_derivatives(log_ratio, data: ChunkData, method):
             return criterion(stats, data.n, p, method)
         return criterion_by_lane(stats, data.n, p, method)
 
-    zero, ones = jnp.zeros_like(log_ratio), jnp.ones_like(log_ratio)
+    zero, ones = jnp.zeros(shape, data.x.dtype), jnp.ones(shape, data.x.dtype)
     (value, grad), (_, curv) = jax.jvp(lambda e: jax.jvp(along, (e,), (ones,)), (zero,), (ones,))
     return value, grad, curv
+
+
+def chunk_criterion_derivatives(log_ratio, data: ChunkData, method):
+    """(value, gradient, curvature) of :func:`chunk_criterion` in log lambda, each (B,); method "REML", "ML" or a
+    (B,) bool array choosing REML per lane (see :func:`criterion_by_lane`). The (m, B) passes give the Gram
+    entries' Taylor coefficients (:func:`_taylor_gram`), the rest is (B,)-sized arithmetic."""
+    return _derivatives_from_taylor(_taylor_gram(jnp.exp(log_ratio), data), data, method, log_ratio.shape)
+
+
+def grid_criterion_derivatives(log_ratios, data: ChunkData, methods=("REML", "ML")):
+    """(value, gradient, curvature) in log lambda of every variant at each of G log ratios shared by all variants,
+    each (G, B), for each method in ``methods`` (a tuple of triples). Shared ratios make every Taylor weight one
+    (m, G) matrix, so this is a few matrix products (as :func:`grid_gram`), not passes over (m, B) arrays per
+    point; the methods share them."""
+    m, b = data.x.shape
+    w = 1.0 / (1.0 + data.eigenvalues[:, None] * jnp.exp(log_ratios)[None, :])  # (m, G)
+    w1 = w * (w - 1.0)
+    weights = jnp.concatenate([w, w1, (2.0 * w - 1.0) * w1], axis=1)  # (m, 3G)
+    g = log_ratios.shape[0]
+    shared_x = (data.shared[:, :, None] * data.x[:, None, :]).reshape(m, -1)  # (m, (c+1) B)
+    cross = (weights.T @ shared_x).reshape(3, g, -1, b).transpose(0, 2, 1, 3)  # (3, c+1, G, B)
+    xx = (weights.T @ (data.x * data.x)).reshape(3, g, b)
+    shared = (data.products.T @ weights).reshape(-1, 3, g).transpose(1, 0, 2)[..., None]  # (3, k, G, 1)
+    lam_s = data.eigenvalues[:, None] * jnp.exp(log_ratios)[None, :]
+    logdets = (jnp.sum(jnp.log1p(lam_s), axis=0), jnp.sum(1.0 - w, axis=0), -jnp.sum(w1, axis=0))
+    zero = data._replace(null_shared=jnp.zeros_like(data.null_shared),
+                         null_x_shared=jnp.zeros_like(data.null_x_shared), null_xx=jnp.zeros_like(data.null_xx))
+    parts = [(_entries(jnp.broadcast_to(shared[o], shared[o].shape[:2] + (b,)), cross[o], xx[o],
+                       data if o == 0 else zero), jnp.broadcast_to(logdets[o][:, None], (g, b)))
+             for o in range(3)]
+    return tuple(_derivatives_from_taylor(parts, data, method, (g, b)) for method in methods)
 
 
 # ----------------------------------------------------------------------------------------------------------------

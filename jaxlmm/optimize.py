@@ -172,6 +172,7 @@ def minimize_elementwise(
     ftol: float = 1e-12,
     max_step: float = 1.0,
     derivatives: Callable | None = None,
+    polish_xtol: float | None = None,
 ) -> ElementwiseResult:
     """Minimize a separable objective ``objective(t) -> (B,)`` (entry b depends on t[b] only) on [lower, upper].
 
@@ -185,6 +186,11 @@ def minimize_elementwise(
     The loop stops when every element has converged (or has a non-finite gradient, reported as not converged) or
     after ``max_iter`` steps. ``derivatives(t) -> (value, gradient, curvature)``, each (B,), replaces the nested
     forward-mode pass when the caller has a cheaper way to the same numbers.
+
+    ``polish_xtol``: an element whose next Newton step is at most this long (positive curvature) stops, and its
+    returned params take that last step without another evaluation (its error is then of the order of the step
+    squared: 1e-5 leaves ~1e-10); value and gradient are those before the step. None (default): every returned
+    point was evaluated.
     """
     solver = optax.chain(scale_by_elementwise_newton(max_step), optax.scale(-1.0))
     ones = jnp.ones_like(params0)
@@ -195,10 +201,12 @@ def minimize_elementwise(
 
     derivatives = forward_mode if derivatives is None else derivatives
 
+    step_tol = xtol if polish_xtol is None else max(xtol, polish_xtol)
+
     def status(t, grad, curv):
         at_lower = (t <= lower) & (grad > 0)
         at_upper = (t >= upper) & (grad < 0)
-        small_step = (curv > 0) & (jnp.abs(grad) <= xtol * curv)
+        small_step = (curv > 0) & (jnp.abs(grad) <= step_tol * curv)
         return (jnp.abs(grad) <= gtol) | small_step | at_lower | at_upper, at_lower | at_upper
 
     def finished(t, grad, curv):
@@ -242,4 +250,8 @@ def minimize_elementwise(
                     jnp.ones_like(params0))
     final = jax.lax.while_loop(keep_going, step, initial)
     converged, at_bound = status(final.params, final.grad, final.curv)
-    return ElementwiseResult(final.params, final.value, final.grad, final.iterations, converged, at_bound)
+    params = final.params
+    if polish_xtol is not None:
+        last_step = jnp.where(final.curv > 0, final.grad / jnp.where(final.curv > 0, final.curv, 1.0), 0.0)
+        params = jnp.where(converged & ~at_bound, jnp.clip(params - last_step, lower, upper), params)
+    return ElementwiseResult(params, final.value, final.grad, final.iterations, converged, at_bound)

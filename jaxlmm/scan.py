@@ -40,10 +40,10 @@ import numpy as np
 
 from . import chunk_criteria, structure, validate
 from .optimize import minimize_elementwise
-from .pvalues import chi2_1_sf, f1_sf
 
 LOG_LAMBDA_BOUNDS = (float(np.log(1e-5)), float(np.log(1e5)))
 GRID_POINTS = 16
+POLISH_XTOL = 1e-5  # last Newton step taken unevaluated when at most this long (leaves ~1e-10 in log lambda)
 STATUS_CODES = ("ok", "monomorphic", "all_missing", "too_many_missing", "low_maf", "hwe", "collinear",
                 "not_converged")
 COLUMNS = (
@@ -104,7 +104,28 @@ def _best_start(points, values):
     return points[jnp.argmin(values, axis=0)]
 
 
-def _newton_both(derivatives, start_remle, start_mle, max_iter):
+def _hermite_start(points, values, grads):
+    """Each model's starting log lambda from criteria on a grid: points (G,) ascending, values and gradients
+    (G, B). The best grid point and the neighbour its gradient points to bracket a minimum; the minimum of the cubic
+    matching value and gradient at both ends (Hermite) is the start. A best point on the interval's end whose
+    gradient points outwards is its own start (a boundary optimum). Returns (B,)."""
+    g = points.shape[0]
+    best = jnp.argmin(values, axis=0)  # (B,)
+    left = jnp.clip(jnp.where(grads[best, jnp.arange(best.shape[0])] < 0, best, best - 1), 0, g - 2)
+    take = lambda a, i: jnp.take_along_axis(a, i[None], axis=0)[0]  # noqa: E731
+    h = points[left + 1] - points[left]
+    fa, fb, da, db = take(values, left), take(values, left + 1), take(grads, left) * h, take(grads, left + 1) * h
+    # cubic in s in [0, 1]: p(s) = a3 s^3 + a2 s^2 + da s + fa; p'(s) = 0 at s = -da / (a2 + sqrt(a2^2 - 3 a3 da))
+    a3, a2 = 2.0 * (fa - fb) + da + db, 3.0 * (fb - fa) - 2.0 * da - db
+    root = jnp.sqrt(jnp.maximum(a2 * a2 - 3.0 * a3 * da, 0.0))
+    denominator = a2 + root
+    s = jnp.where(denominator > 0, -da / jnp.where(denominator > 0, denominator, 1.0), 0.5)
+    inside = points[left] + jnp.clip(s, 0.0, 1.0) * h
+    at_end = ((best == 0) & (grads[0] >= 0)) | ((best == g - 1) & (grads[g - 1] <= 0))
+    return jnp.where(at_end, points[best], inside)
+
+
+def _newton_both(derivatives, start_remle, start_mle, max_iter, polish_xtol=None):
     """REML and ML optima of log lambda for B models at once: 2B lanes (REML first) of elementwise Newton (optax,
     :func:`jaxlmm.optimize.minimize_elementwise`) on GEMMA's interval, so both fits share every evaluation.
     derivatives(log_lambda (2B,), reml_lanes (2B,) bool) -> (value, gradient, curvature). Returns the
@@ -113,7 +134,7 @@ def _newton_both(derivatives, start_remle, start_mle, max_iter):
     lanes = jnp.arange(2 * b) < b
     given = partial(derivatives, reml_lanes=lanes)
     return minimize_elementwise(lambda t: given(t)[0], jnp.concatenate([start_remle, start_mle]), *LOG_LAMBDA_BOUNDS,
-                                max_iter=max_iter, derivatives=given)
+                                max_iter=max_iter, derivatives=given, polish_xtol=polish_xtol)
 
 
 def _null_derivatives(log_lambda, data, reml_lanes):
@@ -161,7 +182,7 @@ def _variant_tests(remle, ml_criterion, null, t_remle, t_mle, null_logl_mle, tra
     s2_g = lam * s2_e
     fixed = beta**2 * fixed_variance_scale
     return dict(
-        beta=beta, se=se, wald=wald, p_wald=f1_sf(wald, df), p_lrt=chi2_1_sf(lrt), p_score=f1_sf(score, df),
+        beta=beta, se=se, wald=wald, lrt=lrt, score=score,  # p-values: on the host, see _collect
         lambda_remle=lam, lambda_mle=jnp.exp(t_mle), s2_g=s2_g, s2_e=s2_e,
         logl_remle=logl_remle, logl_mle=logl_mle, logl_H1=logl_mle,
         pve=fixed / (fixed + s2_g * trace_ratio + s2_e), collinear_ratio=null.xpx,
@@ -208,23 +229,23 @@ def _fit_chunk(rotation_basis, shared: _Shared, genotypes, *, c, exact, max_iter
     def one_block(x_b, xc_b, xy_b, xx_b, fixed_scale, y_r, cy_gram, t_remle0, t_mle0, logl0):
         data = chunk_criteria.chunk_data(shared.eigenvalues, jnp.concatenate([shared.cov_rot, y_r[:, None]], axis=1),
                                          x_b, cy_gram, jnp.concatenate([xc_b, xy_b[None]]), xx_b, n)
-        # the null model's REML and ML lambdas, then the grid: ratios shared by all variants (matrix products)
-        grid = _log_lambda_grid()
-        points = jnp.concatenate([jnp.stack([t_remle0, t_mle0]), grid])
-        at_points = chunk_criteria.grid_projected(jnp.exp(points), data)  # fields (G + 2, B)
+        # the null model's REML and ML lambdas: ratios shared by all variants (matrix products)
+        at_points = chunk_criteria.grid_projected(jnp.exp(jnp.stack([t_remle0, t_mle0])), data)  # fields (2, B)
         row = lambda stats, i: chunk_criteria.Projected(*(f[i] for f in stats))  # noqa: E731
         null_ml = row(at_points, 1)  # score test
         if exact:
-            reml, ml = (chunk_criteria.criterion(at_points, n, c + 1, method) for method in ("REML", "ML"))
-            first = lambda values, i: jnp.concatenate([values[i:i + 1], values[2:]])  # noqa: E731
+            grid = _log_lambda_grid()  # criteria and gradients on the grid (matrix products) -> Hermite starts
+            (reml, reml_grad, _), (ml, ml_grad, _) = chunk_criteria.grid_criterion_derivatives(grid, data)
             doubled = data._replace(x=jnp.concatenate([data.x, data.x], axis=1),
                                     null_x_shared=jnp.concatenate([data.null_x_shared] * 2, axis=1),
                                     null_xx=jnp.concatenate([data.null_xx] * 2))
             fit = _newton_both(lambda t, reml_lanes: chunk_criteria.chunk_criterion_derivatives(t, doubled, reml_lanes),
-                               _best_start(first(points, 0), first(reml, 0)), _best_start(first(points, 1), first(ml, 1)),
-                               max_iter)
-            t_remle, t_mle, ml_criterion = fit.params[:b], fit.params[b:], fit.value[b:]
-            remle = chunk_criteria.projected(jnp.exp(t_remle), data)
+                               _hermite_start(grid, reml, reml_grad), _hermite_start(grid, ml, ml_grad), max_iter,
+                               polish_xtol=POLISH_XTOL)
+            final = chunk_criteria.projected(jnp.exp(fit.params), doubled)  # both fits at their (polished) optima
+            t_remle, t_mle = fit.params[:b], fit.params[b:]
+            remle = chunk_criteria.Projected(*(f[:b] for f in final))
+            ml_criterion = chunk_criteria.criterion(final, n, c + 1, "ML")[b:]
             converged = fit.converged[:b] & fit.converged[b:]
             iterations = fit.iterations[:b] + fit.iterations[b:]
         else:
@@ -234,7 +255,7 @@ def _fit_chunk(rotation_basis, shared: _Shared, genotypes, *, c, exact, max_iter
         tests = _variant_tests(remle, ml_criterion, null_ml, t_remle, t_mle, logl0, shared.trace_ratio, fixed_scale,
                                n=n, c=c)
         if not exact:
-            tests["p_lrt"] = jnp.full(b, jnp.nan)
+            tests["lrt"] = jnp.full(b, jnp.nan)
         return {**tests, "converged": converged, "iterations": iterations}
 
     def one_phenotype(xy_p, *per_phenotype):
@@ -456,18 +477,25 @@ def scan(y, genotypes, covariates=None, *, variant_names=None, **options) -> Sca
     return ScanResult(columns, prepared.null, prepared.n, prepared.covariates)
 
 
-FIT_BLOCK_CPU = 64  # variants per Newton block on CPU: a block's (m, 2 x 64) arrays stay in cache across steps
+FIT_BLOCK_CELLS_CPU = 96 * 1409  # m x variants per Newton block on CPU: its (m, 2 x block) arrays stay in cache
 
 
-def _device_placement(chunk_size: int):
-    """Device batch layout for chunks of chunk_size variants. Returns (chunk sharding, replicated sharding, width,
-    block): chunks are padded to ``width`` columns, a multiple of ``block`` times the device count, and sharded over
-    the variant axis when JAX sees several devices (else both shardings are None). ``block`` is the number of
-    variants fitted together: 64 on CPU, where Newton steps over a whole 512-variant chunk run 2.5x slower out of
-    cache (measured, mouse HS1940); the whole chunk per device on accelerators."""
+def _fit_block_cpu(m: int) -> int:
+    """Variants per Newton block on CPU: the largest power of two with m x block <= FIT_BLOCK_CELLS_CPU (at least
+    16). Measured: a 512-variant chunk of mouse HS1940 (m = 1409) fits in 47 ms with blocks of 64, 52 ms with 128,
+    117 ms unblocked; at m = 499 (N = 500) blocks of 256 take 25 ms, of 64 33 ms."""
+    return 1 << max(4, int(np.log2(max(FIT_BLOCK_CELLS_CPU // max(m, 1), 1))))
+
+
+def _device_placement(chunk_size: int, m: int):
+    """Device batch layout for chunks of chunk_size variants of models with m rotated rows. Returns (chunk sharding,
+    replicated sharding, width, block): chunks are padded to ``width`` columns, a multiple of ``block`` times the
+    device count, and sharded over the variant axis when JAX sees several devices (else both shardings are None).
+    ``block`` is the number of variants fitted together: cache-sized on CPU (:func:`_fit_block_cpu`), the whole
+    chunk per device on accelerators."""
     devices = jax.local_devices()  # in a multi-process run each process scans its own share on its own devices
     per_device = -(-chunk_size // len(devices))
-    block = min(per_device, FIT_BLOCK_CPU) if devices[0].platform == "cpu" else per_device
+    block = min(per_device, _fit_block_cpu(m)) if devices[0].platform == "cpu" else per_device
     width = -(-chunk_size // (block * len(devices))) * block * len(devices)
     if len(devices) == 1:
         return None, None, width, block
@@ -492,7 +520,7 @@ def _prepare_validated(Y, cov, term, basis, mode, chunk_size, min_maf, max_missi
         null_log_lambda_mle=jnp.log(jnp.asarray(null.lambda_mle)),
         null_logl_mle=jnp.asarray(null.logl_mle), trace_ratio=jnp.asarray(trace_ratio),
     )
-    chunk_sharding, replicated, width, block = _device_placement(chunk_size)
+    chunk_sharding, replicated, width, block = _device_placement(chunk_size, int(structure.eigenvalues(basis).shape[0]))
     if replicated is not None:
         basis, shared = jax.device_put((basis, shared), replicated)
     rotation_basis = jax.tree.map(
@@ -529,16 +557,32 @@ def scan_chunks(prepared: PreparedScan, genotypes, start: int = 0, stop: int | N
                             else jnp.asarray(padded))
             dispatched = prepared.fit_chunk(device_chunk)  # asynchronous: runs while the next chunk is read
         if pending is not None:
-            yield _collect(prepared.phenotypes, *pending)
+            yield _collect(prepared.phenotypes, prepared.n - prepared.covariates - 1, *pending)
         pending = (offset, b, n_miss, af, status, dispatched)
         offset += b
     if pending is not None:
-        yield _collect(prepared.phenotypes, *pending)
+        yield _collect(prepared.phenotypes, prepared.n - prepared.covariates - 1, *pending)
 
 
-def _collect(P, offset, b, n_miss, af, status, dispatched) -> ScanChunk:
-    """Bring one chunk's statistics to the host and give each variant its final status."""
+def _p_values(statistics: dict, df: int) -> dict:
+    """p_wald, p_lrt, p_score from the Wald, LRT and score statistics (F(1, df), chi-square(1), F(1, df)).
+
+    On the host with scipy's incomplete beta and chi-square functions (cephes, accurate far into the tail): the same
+    values as :mod:`jaxlmm.pvalues`, and on CPU a fifth of the device time of a chunk fit at N = 500 moves off the
+    critical path (JAX's betainc costs ~5 us per value)."""
+    from scipy.special import chdtrc, fdtrc
+
+    with np.errstate(invalid="ignore"):
+        return {"p_wald": fdtrc(1.0, df, np.maximum(statistics["wald"], 0.0)),
+                "p_lrt": chdtrc(1.0, np.maximum(statistics["lrt"], 0.0)),
+                "p_score": fdtrc(1.0, df, np.maximum(statistics["score"], 0.0))}
+
+
+def _collect(P, df, offset, b, n_miss, af, status, dispatched) -> ScanChunk:
+    """Bring one chunk's statistics to the host and give each variant its final status (df: residual degrees of
+    freedom of the variant models)."""
     out = {k: np.asarray(v)[:, :b] for k, v in dispatched.items()}
+    out.update(_p_values(out, df))
     collinear = out["collinear_ratio"] <= 1e-8 * np.maximum(1.0, out["collinear_ratio"].max(initial=1.0))
     st = np.broadcast_to(status, (P, b)).copy()
     st[(st == "ok") & collinear] = "collinear"

@@ -1,0 +1,77 @@
+"""The scan's inner pieces against direct computations: grid derivatives, Hermite starts, the Newton polish and the
+CPU block size. End-to-end scan accuracy is tested in test_scan.py, test_gemma.py and test_properties.py."""
+
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlmm import chunk_criteria
+from jaxlmm.optimize import minimize_elementwise
+
+scan_module = importlib.import_module("jaxlmm.scan")
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    with jax.enable_x64(True):
+        yield
+
+
+def _chunk(m=60, b=7, c=2, seed=0):
+    rng = np.random.default_rng(seed)
+    shared = jnp.asarray(rng.normal(size=(m, c + 1)))
+    return chunk_criteria.chunk_data(jnp.asarray(rng.exponential(size=m)), shared, jnp.asarray(rng.normal(size=(m, b))),
+                                     jnp.asarray(np.eye(c + 1) * 5 + 1), jnp.asarray(rng.normal(size=(c + 1, b))),
+                                     jnp.asarray(rng.exponential(size=b) + 3), jnp.asarray(m + 10.0))
+
+
+def test_grid_derivatives_equal_per_variant_derivatives_at_every_grid_point():
+    data = _chunk()
+    grid = jnp.linspace(-4.0, 4.0, 6)
+    on_grid = chunk_criteria.grid_criterion_derivatives(grid, data)
+    for method, triple in zip(("REML", "ML"), on_grid):
+        for i, t in enumerate(grid):
+            direct = chunk_criteria.chunk_criterion_derivatives(jnp.full(data.x.shape[1], t), data, method)
+            for grid_value, value in zip(triple, direct):
+                np.testing.assert_allclose(grid_value[i], value, rtol=1e-12, atol=1e-10)
+
+
+def test_grid_gradient_is_the_derivative_of_the_criterion():
+    data = _chunk(seed=3)
+    t = jnp.asarray([0.3])
+    (value, grad, curv), _ = chunk_criteria.grid_criterion_derivatives(t, data)
+    h = 1e-4
+    f = lambda s: chunk_criteria.chunk_criterion(jnp.full(data.x.shape[1], s), data, "REML")  # noqa: E731
+    np.testing.assert_allclose(grad[0], (f(0.3 + h) - f(0.3 - h)) / (2 * h), rtol=1e-6)
+    np.testing.assert_allclose(curv[0], (f(0.3 + h) - 2 * f(0.3) + f(0.3 - h)) / h**2, rtol=1e-4)
+
+
+def test_hermite_start_recovers_the_minimum_of_a_cubic_and_boundary_optima():
+    points = jnp.linspace(-3.0, 3.0, 7)
+    minima = jnp.asarray([-2.2, 0.37, 1.9])  # f(t) = (t - t*)^2 (t + 10): a cubic, exact for Hermite
+    f = (points[:, None] - minima) ** 2 * (points[:, None] + 10.0)
+    df = 2 * (points[:, None] - minima) * (points[:, None] + 10.0) + (points[:, None] - minima) ** 2
+    np.testing.assert_allclose(scan_module._hermite_start(points, f, df), minima, atol=1e-12)
+    rising, falling = points[:, None] * jnp.ones(2), -points[:, None] * jnp.ones(2)
+    start = scan_module._hermite_start(points, jnp.concatenate([rising, falling], 1),
+                                       jnp.concatenate([jnp.ones((7, 2)), -jnp.ones((7, 2))], 1))
+    np.testing.assert_array_equal(start, [-3.0, -3.0, 3.0, 3.0])
+
+
+def test_newton_polish_takes_the_last_short_step_without_evaluating():
+    target = jnp.asarray([0.5, -1.2, 2.0])
+    objective = lambda t: jnp.cosh(t - target) + 0.1 * (t - target) ** 4  # noqa: E731
+    plain = minimize_elementwise(objective, jnp.zeros(3), -5.0, 5.0, max_iter=30)
+    polished = minimize_elementwise(objective, jnp.zeros(3), -5.0, 5.0, max_iter=30, polish_xtol=1e-5)
+    np.testing.assert_allclose(plain.params, target, atol=1e-9)
+    np.testing.assert_allclose(polished.params, target, atol=1e-10)
+    assert bool(jnp.all(polished.converged))
+    assert int(polished.iterations.max()) < int(plain.iterations.max())
+
+
+def test_cpu_blocks_keep_a_block_cache_sized():
+    sizes = {m: scan_module._fit_block_cpu(m) for m in (100, 499, 1409, 5000)}
+    assert sizes == {100: 1024, 499: 256, 1409: 64, 5000: 16}
