@@ -208,13 +208,35 @@ class _Shared(NamedTuple):
     trace_ratio: jnp.ndarray  # ()  tr(K)/n
 
 
-@partial(jax.jit, static_argnames=("c", "exact", "max_iter", "rotation_dtype", "block"))
-def _fit_chunk(rotation_basis, shared: _Shared, genotypes, *, c, exact, max_iter, rotation_dtype, block):
-    """genotypes: (n, B) imputed. Returns a dict of (P, B) arrays for every phenotype and variant of the chunk.
+def _device_impute(raw, excluded, min_maf: float, max_missing: float):
+    """Mean imputation and variant filters of a chunk on the device. raw: (n, B) genotypes, NaN missing; excluded:
+    (B,) bool, variants left out by the host (padding, Hardy-Weinberg). Returns the (n, B) matrix to fit (a
+    well-posed filler column in place of every variant not analyzed: it would stall the batch) and a dict of (B,)
+    arrays n_miss, af (NaN when nothing was observed), spread (max - min of the imputed column), ok (fitted)."""
+    n = raw.shape[0]
+    missing = jnp.isnan(raw)
+    n_miss = jnp.sum(missing, axis=0)
+    n_obs = n - n_miss
+    means = jnp.sum(jnp.where(missing, 0.0, raw), axis=0) / jnp.maximum(n_obs, 1)
+    imputed = jnp.where(missing, means, raw)
+    spread = jnp.max(imputed, axis=0) - jnp.min(imputed, axis=0)  # 0: every observed value is the same
+    af = jnp.where(n_obs > 0, means / 2.0, jnp.nan)
+    ok = ~excluded & (n_obs > 0) & (spread > 0) & (n_miss / n <= max_missing)
+    if min_maf > 0:  # genotypes that are not allele counts (e.g. standardized) are scanned with min_maf=0
+        ok &= jnp.minimum(af, 1.0 - af) >= min_maf
+    filler = (jnp.arange(n) % 2).astype(raw.dtype)[:, None]
+    return jnp.where(ok, imputed, filler), dict(n_miss=n_miss, af=af, spread=spread, ok=ok)
+
+
+@partial(jax.jit, static_argnames=("c", "exact", "max_iter", "rotation_dtype", "block", "min_maf", "max_missing"))
+def _fit_chunk(rotation_basis, shared: _Shared, raw, excluded, *, c, exact, max_iter, rotation_dtype, block, min_maf,
+               max_missing):
+    """raw: (n, B) genotypes (NaN missing), excluded: (B,) bool (see :func:`_device_impute`). Returns a dict of
+    (P, B) arrays for every phenotype and variant of the chunk, plus the (B,) arrays of :func:`_device_impute`.
 
     rotation_basis is the kernel's basis in rotation_dtype: U'X runs in that precision, everything after in float64.
     """
-    genotypes = genotypes.astype(shared.Y.dtype)
+    genotypes, variants = _device_impute(raw.astype(shared.Y.dtype), excluded, min_maf, max_missing)
     x_rot = structure.rotate(rotation_basis, genotypes.astype(rotation_dtype)).astype(genotypes.dtype)  # (m, B)
     xx = jnp.sum(genotypes * genotypes, axis=0) - jnp.sum(x_rot * x_rot, axis=0)  # (B,)
     xc = shared.cov.T @ genotypes - shared.cov_rot.T @ x_rot  # (c, B)
@@ -266,8 +288,8 @@ def _fit_chunk(rotation_basis, shared: _Shared, genotypes, *, c, exact, max_iter
     per_phenotype = (xy, shared.y_rot.T, shared.cy_null_gram, shared.null_log_lambda_remle,
                      shared.null_log_lambda_mle, shared.null_logl_mle)
     if xy.shape[0] == 1:  # one phenotype: no batching pass over the traced fit (a third of the tracing time)
-        return {k: v[None] for k, v in one_phenotype(*(a[0] for a in per_phenotype)).items()}
-    return jax.vmap(one_phenotype)(*per_phenotype)
+        return {**{k: v[None] for k, v in one_phenotype(*(a[0] for a in per_phenotype)).items()}, **variants}
+    return {**jax.vmap(one_phenotype)(*per_phenotype), **variants}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -315,17 +337,21 @@ def _column_chunks(genotypes, chunk_size, start=0, stop=None) -> Iterable[np.nda
 
 
 def _impute(chunk: np.ndarray, max_missing: float, min_maf: float):
-    """Mean-impute NaN per variant; return imputed (n, b) float64, n_miss, af (freq. of the counted allele), status."""
+    """Mean-impute NaN per variant; return imputed (n, b) float64, n_miss, af (freq. of the counted allele), status.
+
+    Monomorphic: the imputed column is constant, i.e. every observed value is the same (the fill is their mean).
+    A few whole-array passes (this runs on the host for every chunk, beside the device's fit)."""
     chunk = np.asarray(chunk, dtype=float)
     missing = np.isnan(chunk)
-    n_miss = missing.sum(axis=0)
+    n_miss = np.count_nonzero(missing, axis=0)
     n_obs = chunk.shape[0] - n_miss
+    imputed = np.where(missing, 0.0, chunk) if n_miss.any() else chunk
     with np.errstate(invalid="ignore", divide="ignore"):
-        means = np.where(n_obs > 0, np.nansum(chunk, axis=0) / np.maximum(n_obs, 1), np.nan)
-    imputed = np.where(missing, np.where(np.isnan(means), 0.0, means)[None, :], chunk)
+        means = np.where(n_obs > 0, imputed.sum(axis=0) / np.maximum(n_obs, 1), np.nan)
+    if n_miss.any():
+        imputed += missing * np.where(np.isnan(means), 0.0, means)[None, :]
     af = means / 2.0
-    spread = np.nanmax(np.where(missing, -np.inf, chunk), axis=0, initial=-np.inf) - np.nanmin(
-        np.where(missing, np.inf, chunk), axis=0, initial=np.inf)
+    spread = imputed.max(axis=0, initial=-np.inf) - imputed.min(axis=0, initial=np.inf)
     status = np.full(chunk.shape[1], "ok", dtype=object)
     maf = np.minimum(af, 1.0 - af)
     if min_maf > 0:  # genotypes that are not allele counts (e.g. standardized) are scanned with min_maf=0
@@ -354,7 +380,7 @@ class PreparedScan(NamedTuple):
     min_maf: float
     max_missing: float
     fit_chunk: object  # (n, width) imputed genotypes on the device -> dict of (P, width) arrays
-    chunk_sharding: object
+    chunk_sharding: object  # None, or the shardings of a chunk's (n, width) genotypes and (width,) flags
     width: int
     min_hwe_p: float = 0.0
 
@@ -488,9 +514,10 @@ def _fit_block_cpu(m: int) -> int:
 
 
 def _device_placement(chunk_size: int, m: int):
-    """Device batch layout for chunks of chunk_size variants of models with m rotated rows. Returns (chunk sharding,
-    replicated sharding, width, block): chunks are padded to ``width`` columns, a multiple of ``block`` times the
-    device count, and sharded over the variant axis when JAX sees several devices (else both shardings are None).
+    """Device batch layout for chunks of chunk_size variants of models with m rotated rows. Returns (chunk
+    shardings, replicated sharding, width, block): chunks are padded to ``width`` columns, a multiple of ``block``
+    times the device count, and sharded over the variant axis when JAX sees several devices (the shardings of a
+    chunk's (n, width) genotypes and (width,) flags; else None and None).
     ``block`` is the number of variants fitted together: cache-sized on CPU (:func:`_fit_block_cpu`), the whole
     chunk per device on accelerators."""
     devices = jax.local_devices()  # in a multi-process run each process scans its own share on its own devices
@@ -501,8 +528,9 @@ def _device_placement(chunk_size: int, m: int):
         return None, None, width, block
     mesh = jax.sharding.Mesh(np.asarray(devices), ("variants",))
     spec = jax.sharding.PartitionSpec
-    return (jax.sharding.NamedSharding(mesh, spec(None, "variants")), jax.sharding.NamedSharding(mesh, spec()),
-            width, block)
+    by_variant = (jax.sharding.NamedSharding(mesh, spec(None, "variants")),  # (n, width) genotypes
+                  jax.sharding.NamedSharding(mesh, spec("variants")))  # (width,) flags
+    return by_variant, jax.sharding.NamedSharding(mesh, spec()), width, block
 
 
 def _prepare_validated(Y, cov, term, basis, mode, chunk_size, min_maf, max_missing, max_iter, rotation_dtype):
@@ -526,7 +554,8 @@ def _prepare_validated(Y, cov, term, basis, mode, chunk_size, min_maf, max_missi
     rotation_basis = jax.tree.map(
         lambda a: a.astype(rotation_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, basis)
     fit = partial(_fit_chunk, rotation_basis, shared, c=c, exact=mode == "exact", max_iter=max_iter,
-                  rotation_dtype=jnp.dtype(rotation_dtype), block=block)
+                  rotation_dtype=jnp.dtype(rotation_dtype), block=block, min_maf=float(min_maf),
+                  max_missing=float(max_missing))
     return PreparedScan(null, n, c, Y.shape[1], chunk_size, min_maf, max_missing, fit, chunk_sharding, width)
 
 
@@ -543,25 +572,26 @@ def scan_chunks(prepared: PreparedScan, genotypes, start: int = 0, stop: int | N
         if chunk.ndim != 2 or chunk.shape[0] != n:
             raise validate.InputError(f"genotype chunk at variant {offset + 1} has shape {chunk.shape}, expected ({n}, b)")
         b = chunk.shape[1]
-        imputed, n_miss, af, status = _impute(chunk, prepared.max_missing, prepared.min_maf)
+        excluded = np.ones(prepared.width, bool)
+        excluded[:b] = False
+        hwe_failed = np.zeros(b, bool)
         if prepared.min_hwe_p > 0:
             from .hwe import hwe_exact_pvalues
 
-            status[(status == "ok") & (hwe_exact_pvalues(chunk) < prepared.min_hwe_p)] = "hwe"
-        filler = (np.arange(n) % 2)[:, None]  # a well-posed column fitted in place of variants not analyzed
-        padded = np.empty((n, prepared.width))
-        padded[:, :b] = np.where(status == "ok", imputed, filler)  # filtered variants would stall the batch
-        padded[:, b:] = filler
+            hwe_failed = hwe_exact_pvalues(chunk) < prepared.min_hwe_p  # NaN (nothing to test) never fails
+            excluded[:b] = hwe_failed
+        raw = np.zeros((n, prepared.width))
+        raw[:, :b] = chunk
         with jax.enable_x64(True):
-            device_chunk = (jax.device_put(padded, prepared.chunk_sharding) if prepared.chunk_sharding is not None
-                            else jnp.asarray(padded))
-            dispatched = prepared.fit_chunk(device_chunk)  # asynchronous: runs while the next chunk is read
+            if prepared.chunk_sharding is not None:
+                raw, excluded = jax.device_put((raw, excluded), prepared.chunk_sharding)
+            dispatched = prepared.fit_chunk(raw, excluded)  # asynchronous: runs while the next chunk is read
         if pending is not None:
-            yield _collect(prepared.phenotypes, prepared.n - prepared.covariates - 1, *pending)
-        pending = (offset, b, n_miss, af, status, dispatched)
+            yield _collect(prepared, *pending)
+        pending = (offset, b, hwe_failed, dispatched)
         offset += b
     if pending is not None:
-        yield _collect(prepared.phenotypes, prepared.n - prepared.covariates - 1, *pending)
+        yield _collect(prepared, *pending)
 
 
 def _p_values(statistics: dict, df: int) -> dict:
@@ -578,10 +608,29 @@ def _p_values(statistics: dict, df: int) -> dict:
                 "p_score": fdtrc(1.0, df, np.maximum(statistics["score"], 0.0))}
 
 
-def _collect(P, df, offset, b, n_miss, af, status, dispatched) -> ScanChunk:
-    """Bring one chunk's statistics to the host and give each variant its final status (df: residual degrees of
-    freedom of the variant models)."""
-    out = {k: np.asarray(v)[:, :b] for k, v in dispatched.items()}
+def _variant_status(n, n_miss, af, spread, hwe_failed, min_maf, max_missing) -> np.ndarray:
+    """Why each variant is (not) analyzed, from the device's imputation summaries (the same thresholds as
+    :func:`_device_impute`, so "ok" here is exactly what the device fitted); the last matching reason wins."""
+    status = np.full(n_miss.shape[0], "ok", dtype=object)
+    with np.errstate(invalid="ignore"):
+        if min_maf > 0:
+            status[~(np.minimum(af, 1.0 - af) >= min_maf)] = "low_maf"
+        status[n_miss / n > max_missing] = "too_many_missing"
+        status[~(spread > 0)] = "monomorphic"
+    status[n_miss == n] = "all_missing"
+    status[(status == "ok") & hwe_failed] = "hwe"
+    return status
+
+
+def _collect(prepared: PreparedScan, offset, b, hwe_failed, dispatched) -> ScanChunk:
+    """Bring one chunk's statistics to the host and give each variant its final status."""
+    P, df = prepared.phenotypes, prepared.n - prepared.covariates - 1
+    variant = {k: np.asarray(dispatched[k])[:b] for k in ("n_miss", "af", "spread", "ok")}
+    status = _variant_status(prepared.n, variant["n_miss"], variant["af"], variant["spread"], hwe_failed,
+                             prepared.min_maf, prepared.max_missing)
+    status[(status == "ok") & ~variant["ok"]] = "monomorphic"  # never reached: the thresholds are the device's
+    n_miss, af = variant["n_miss"].astype(int), variant["af"]
+    out = {k: np.asarray(v)[:, :b] for k, v in dispatched.items() if k not in variant}
     out.update(_p_values(out, df))
     collinear = out["collinear_ratio"] <= 1e-8 * np.maximum(1.0, out["collinear_ratio"].max(initial=1.0))
     st = np.broadcast_to(status, (P, b)).copy()
