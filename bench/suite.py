@@ -147,7 +147,8 @@ def _floor_rows(name, genotypes, kinship, m, rows, chunk_size, scan_seconds):
     floor = read_seconds + rotate_seconds
     rows.append(Row(name, "floor", "read + U'G", m, Measured(floor, float("nan"), (load, load_average())),
                     f"read {read_seconds:.2f} s + U'G {rotate_seconds:.2f} s (eigh {eigh_seconds:.2f} s apart); "
-                    f"jaxlmm scan / floor = {scan_seconds / floor:.2f}"))
+                    f"jaxlmm scan / floor = {scan_seconds / floor:.2f} "
+                    f"({(scan_seconds - eigh_seconds) / floor:.2f} without the scan's eigh)"))
 
 
 def plink_section(name, bfile, peers, rows, agreement, chunk_size, skip):

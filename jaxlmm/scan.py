@@ -580,7 +580,7 @@ def scan_chunks(prepared: PreparedScan, genotypes, start: int = 0, stop: int | N
 
             hwe_failed = hwe_exact_pvalues(chunk) < prepared.min_hwe_p  # NaN (nothing to test) never fails
             excluded[:b] = hwe_failed
-        raw = np.zeros((n, prepared.width))
+        raw = np.zeros((n, prepared.width), np.result_type(chunk.dtype, np.float32))  # float32 stays float32
         raw[:, :b] = chunk
         with jax.enable_x64(True):
             if prepared.chunk_sharding is not None:

@@ -16,7 +16,7 @@ from ..validate import InputError
 
 BED_MAGIC = bytes([0x6C, 0x1B])
 SNP_MAJOR = 0x01
-_CODE_VALUES = np.array([2.0, np.nan, 1.0, 0.0])
+_CODE_VALUES = np.array([2.0, np.nan, 1.0, 0.0], dtype=np.float32)  # exact in float32: half the bytes to move
 # (256, 4): the four genotypes packed in each byte value
 _BYTE_TABLE = _CODE_VALUES[(np.arange(256)[:, None] >> (2 * np.arange(4))[None, :]) & 0b11]
 
@@ -80,7 +80,8 @@ def read_fam(path, column: int = 6) -> Fam:
 
 
 class BedReader:
-    """Memory-mapped ``.bed`` with its ``.bim``/``.fam``; ``reader[:, a:b]`` decodes variants a..b-1 as (n, b-a).
+    """Memory-mapped ``.bed`` with its ``.bim``/``.fam``; ``reader[:, a:b]`` decodes variants a..b-1 as (n, b-a)
+    float32 (0, 1, 2 and NaN are exact).
 
     ``shape`` is (samples, variants); genotype values count A1 (see module docstring), NaN when missing.
     """
