@@ -9,8 +9,8 @@ of ``--pool`` simulated int8 chunks cycled through (so the host does not hold N 
 before timing starts). Two measurements:
 
 1. end to end: ``jaxlmm.scan(y, chunks, kinship=K, rotation_dtype=float32, chunk_size=C)`` on all M variants,
-   after a warm-up scan of one chunk (compilation excluded): eigendecomposition, null model, host-side imputation,
-   transfer, rotation, fits and results back, as a user gets them;
+   after a warm-up scan of one chunk (compilation excluded): eigendecomposition, null model, transfer of the raw
+   int8 chunks, imputation, rotation and fits on the device, results back, as a user gets them;
 2. the split, replaying the first ``--split-chunks`` chunks stage by stage with ``block_until_ready`` after each:
    transfer (host -> device of the chunk as the scan sends it), rotation (``U'X`` alone in float32), optimization
    (the scan's compiled per-chunk fit minus the rotation time), output (device -> host of the per-variant results).
@@ -69,9 +69,9 @@ def captured_fit_arguments(y, kinship, first_chunk, chunk_size, rotation_dtype):
     captured = {}
     original = SCAN_MODULE._fit_chunk
 
-    def spy(rotation_basis, shared, genotypes, **options):
+    def spy(rotation_basis, shared, raw, excluded, **options):
         captured.update(rotation_basis=rotation_basis, shared=shared, options=options)
-        return original(rotation_basis, shared, genotypes, **options)
+        return original(rotation_basis, shared, raw, excluded, **options)
 
     SCAN_MODULE._fit_chunk = spy
     try:
@@ -96,10 +96,10 @@ def split(y, kinship, pool_chunks, chunk_size, rotation_dtype, chunks: int) -> d
     totals = dict(transfer=0.0, rotation=0.0, optimization=0.0, output=0.0)
     with jax.enable_x64(True):
         for i in range(chunks + 1):  # the first round compiles and is not counted
-            host = np.asarray(pool_chunks[i % len(pool_chunks)], dtype=np.float64)  # what the scan sends
-            device, transfer = _blocked(jax.device_put, host)
+            host = pool_chunks[i % len(pool_chunks)]  # what the scan sends: the raw int8 chunk (imputed on device)
+            (device, excluded), transfer = _blocked(jax.device_put, (host, np.zeros(host.shape[1], bool)))
             _, rotation = _blocked(rotate, vectors, device)
-            out, fitted = _blocked(fit, args["rotation_basis"], args["shared"], device)
+            out, fitted = _blocked(fit, args["rotation_basis"], args["shared"], device, excluded)
             start = time.perf_counter()
             jax.tree.map(np.asarray, out)
             output = time.perf_counter() - start

@@ -105,24 +105,39 @@ def _best_start(points, values):
 
 
 def _hermite_start(points, values, grads):
-    """Each model's starting log lambda from criteria on a grid: points (G,) ascending, values and gradients
-    (G, B). The best grid point and the neighbour its gradient points to bracket a minimum; the minimum of the cubic
-    matching value and gradient at both ends (Hermite) is the start. A best point on the interval's end whose
-    gradient points outwards is its own start (a boundary optimum). Returns (B,)."""
-    g = points.shape[0]
-    best = jnp.argmin(values, axis=0)  # (B,)
-    left = jnp.clip(jnp.where(grads[best, jnp.arange(best.shape[0])] < 0, best, best - 1), 0, g - 2)
-    take = lambda a, i: jnp.take_along_axis(a, i[None], axis=0)[0]  # noqa: E731
-    h = points[left + 1] - points[left]
-    fa, fb, da, db = take(values, left), take(values, left + 1), take(grads, left) * h, take(grads, left + 1) * h
+    """Each model's starting log lambda from criteria on a grid, and its best boundary optimum: points (G,)
+    ascending, values and gradients (G, B).
+
+    Interior candidates, as GEMMA searches every interval of its grid: in each interval whose gradient goes from
+    negative to positive, the minimum of the cubic matching value and gradient at both ends (Hermite), valued by
+    that cubic. The start is the lowest interior candidate (the best grid point when there is none). Boundary
+    candidates: an end of the search interval whose gradient points outwards, valued exactly. Newton then refines
+    the start, and :func:`_choose_boundary` keeps a boundary optimum that beats the refined interior one (a cubic's
+    estimate is not exact enough to choose between close optima). Returns (start, boundary point, boundary
+    value), each (B,); the boundary value is inf where neither end is a local optimum."""
+    h = (points[1:] - points[:-1])[:, None]  # (G-1, 1)
+    fa, fb, da, db = values[:-1], values[1:], grads[:-1] * h, grads[1:] * h
     # cubic in s in [0, 1]: p(s) = a3 s^3 + a2 s^2 + da s + fa; p'(s) = 0 at s = -da / (a2 + sqrt(a2^2 - 3 a3 da))
     a3, a2 = 2.0 * (fa - fb) + da + db, 3.0 * (fb - fa) - 2.0 * da - db
-    root = jnp.sqrt(jnp.maximum(a2 * a2 - 3.0 * a3 * da, 0.0))
-    denominator = a2 + root
-    s = jnp.where(denominator > 0, -da / jnp.where(denominator > 0, denominator, 1.0), 0.5)
-    inside = points[left] + jnp.clip(s, 0.0, 1.0) * h
-    at_end = ((best == 0) & (grads[0] >= 0)) | ((best == g - 1) & (grads[g - 1] <= 0))
-    return jnp.where(at_end, points[best], inside)
+    denominator = a2 + jnp.sqrt(jnp.maximum(a2 * a2 - 3.0 * a3 * da, 0.0))
+    s = jnp.clip(jnp.where(denominator > 0, -da / jnp.where(denominator > 0, denominator, 1.0), 0.5), 0.0, 1.0)
+    bracket = (grads[:-1] < 0) & (grads[1:] > 0)
+    inside_value = jnp.where(bracket, fa + s * (da + s * (a2 + s * a3)), jnp.inf)
+    best_inside = jnp.argmin(inside_value, axis=0)
+    inside = jnp.take_along_axis(points[:-1, None] + s * h, best_inside[None], axis=0)[0]
+    lower_value = jnp.where(grads[0] >= 0, values[0], jnp.inf)
+    upper_value = jnp.where(grads[-1] <= 0, values[-1], jnp.inf)
+    boundary = jnp.where(upper_value < lower_value, points[-1], points[0])
+    boundary_value = jnp.minimum(lower_value, upper_value)
+    fallback = jnp.where(jnp.isfinite(boundary_value), boundary, points[jnp.argmin(values, axis=0)])
+    start = jnp.where(jnp.isfinite(jnp.min(inside_value, axis=0)), inside, fallback)
+    return start, boundary, boundary_value
+
+
+def _choose_boundary(params, values, boundary, boundary_value):
+    """The refined optimum (params, values: (B,)) or the boundary optimum of :func:`_hermite_start`, whichever is
+    lower."""
+    return jnp.where(boundary_value < values, boundary, params)
 
 
 def _newton_both(derivatives, start_remle, start_mle, max_iter, polish_xtol=None):
@@ -255,17 +270,20 @@ def _fit_chunk(rotation_basis, shared: _Shared, raw, excluded, *, c, exact, max_
         at_points = chunk_criteria.grid_projected(jnp.exp(jnp.stack([t_remle0, t_mle0])), data)  # fields (2, B)
         row = lambda stats, i: chunk_criteria.Projected(*(f[i] for f in stats))  # noqa: E731
         null_ml = row(at_points, 1)  # score test
-        if exact:
-            grid = _log_lambda_grid()  # criteria and gradients on the grid (matrix products) -> Hermite starts
+        if exact:  # criteria and gradients on the grid and at the null model's lambdas (matrix products)
+            grid = jnp.sort(jnp.concatenate([_log_lambda_grid(), jnp.stack([t_remle0, t_mle0])]))
             (reml, reml_grad, _), (ml, ml_grad, _) = chunk_criteria.grid_criterion_derivatives(grid, data)
             doubled = data._replace(x=jnp.concatenate([data.x, data.x], axis=1),
                                     null_x_shared=jnp.concatenate([data.null_x_shared] * 2, axis=1),
                                     null_xx=jnp.concatenate([data.null_xx] * 2))
+            (start_remle, *edge_remle), (start_mle, *edge_mle) = (_hermite_start(grid, reml, reml_grad),
+                                                                    _hermite_start(grid, ml, ml_grad))
             fit = _newton_both(lambda t, reml_lanes: chunk_criteria.chunk_criterion_derivatives(t, doubled, reml_lanes),
-                               _hermite_start(grid, reml, reml_grad), _hermite_start(grid, ml, ml_grad), max_iter,
-                               polish_xtol=POLISH_XTOL)
-            final = chunk_criteria.projected(jnp.exp(fit.params), doubled)  # both fits at their (polished) optima
-            t_remle, t_mle = fit.params[:b], fit.params[b:]
+                               start_remle, start_mle, max_iter, polish_xtol=POLISH_XTOL)
+            optima = _choose_boundary(fit.params, fit.value, *(jnp.concatenate(pair) for pair in zip(edge_remle,
+                                                                                                      edge_mle)))
+            final = chunk_criteria.projected(jnp.exp(optima), doubled)  # both fits at their optima
+            t_remle, t_mle = optima[:b], optima[b:]
             remle = chunk_criteria.Projected(*(f[:b] for f in final))
             ml_criterion = chunk_criteria.criterion(final, n, c + 1, "ML")[b:]
             converged = fit.converged[:b] & fit.converged[b:]

@@ -54,11 +54,34 @@ def test_hermite_start_recovers_the_minimum_of_a_cubic_and_boundary_optima():
     minima = jnp.asarray([-2.2, 0.37, 1.9])  # f(t) = (t - t*)^2 (t + 10): a cubic, exact for Hermite
     f = (points[:, None] - minima) ** 2 * (points[:, None] + 10.0)
     df = 2 * (points[:, None] - minima) * (points[:, None] + 10.0) + (points[:, None] - minima) ** 2
-    np.testing.assert_allclose(scan_module._hermite_start(points, f, df), minima, atol=1e-12)
+    np.testing.assert_allclose(scan_module._hermite_start(points, f, df)[0], minima, atol=1e-12)
     rising, falling = points[:, None] * jnp.ones(2), -points[:, None] * jnp.ones(2)
-    start = scan_module._hermite_start(points, jnp.concatenate([rising, falling], 1),
-                                       jnp.concatenate([jnp.ones((7, 2)), -jnp.ones((7, 2))], 1))
+    start, boundary, value = scan_module._hermite_start(points, jnp.concatenate([rising, falling], 1),
+                                                        jnp.concatenate([jnp.ones((7, 2)), -jnp.ones((7, 2))], 1))
     np.testing.assert_array_equal(start, [-3.0, -3.0, 3.0, 3.0])
+    np.testing.assert_array_equal(boundary, start)
+    np.testing.assert_array_equal(value, [-3.0, -3.0, -3.0, -3.0])
+
+
+def test_a_boundary_optimum_that_beats_the_refined_interior_one_is_kept():
+    """A well around t = -1 and a criterion still falling at the upper end (the ML shape seen at N = 1000, M = 1e5):
+    the start is interior; after refinement the end wins where it is lower (shallow well), not otherwise."""
+    depths = jnp.asarray([-0.2, -2.0])
+
+    def criterion(t, depth):
+        return depth * jnp.exp(-2.0 * (t + 1.0) ** 2) - 0.1 * (t + 3.0)
+
+    points = jnp.linspace(-3.0, 3.0, 13)
+    values = jax.vmap(criterion, in_axes=(None, 0), out_axes=1)(points, depths)
+    grads = jax.vmap(jax.vmap(jax.grad(criterion), in_axes=(0, None)), in_axes=(None, 0), out_axes=1)(points, depths)
+    start, boundary, boundary_value = scan_module._hermite_start(points, values, grads)
+    assert bool(jnp.all(start < 0)) and bool(jnp.all(boundary == 3.0))
+    np.testing.assert_allclose(boundary_value, -0.6)
+    fine = jnp.linspace(-3.0, 0.0, 30001)  # the refined interior minima
+    well = jax.vmap(criterion, in_axes=(None, 0), out_axes=1)(fine, depths)
+    refined, refined_value = fine[jnp.argmin(well, axis=0)], jnp.min(well, axis=0)
+    chosen = scan_module._choose_boundary(refined, refined_value, boundary, boundary_value)
+    assert float(chosen[0]) == 3.0 and float(chosen[1]) == float(refined[1])
 
 
 def test_newton_polish_takes_the_last_short_step_without_evaluating():
