@@ -358,7 +358,8 @@ def _impute(chunk: np.ndarray, max_missing: float, min_maf: float):
     """Mean-impute NaN per variant; return imputed (n, b) float64, n_miss, af (freq. of the counted allele), status.
 
     Monomorphic: the imputed column is constant, i.e. every observed value is the same (the fill is their mean).
-    A few whole-array passes (this runs on the host for every chunk, beside the device's fit)."""
+    The host-side twin of :func:`_device_impute` (same statuses, :func:`_variant_status`), for scans that impute
+    before their own device work (:mod:`jaxlmm.scan_mixed`)."""
     chunk = np.asarray(chunk, dtype=float)
     missing = np.isnan(chunk)
     n_miss = np.count_nonzero(missing, axis=0)
@@ -370,13 +371,7 @@ def _impute(chunk: np.ndarray, max_missing: float, min_maf: float):
         imputed += missing * np.where(np.isnan(means), 0.0, means)[None, :]
     af = means / 2.0
     spread = imputed.max(axis=0, initial=-np.inf) - imputed.min(axis=0, initial=np.inf)
-    status = np.full(chunk.shape[1], "ok", dtype=object)
-    maf = np.minimum(af, 1.0 - af)
-    if min_maf > 0:  # genotypes that are not allele counts (e.g. standardized) are scanned with min_maf=0
-        status[maf < min_maf] = "low_maf"
-    status[n_miss / chunk.shape[0] > max_missing] = "too_many_missing"
-    status[~(spread > 0)] = "monomorphic"
-    status[n_obs == 0] = "all_missing"
+    status = _variant_status(chunk.shape[0], n_miss, af, spread, np.zeros(chunk.shape[1], bool), min_maf, max_missing)
     return imputed, n_miss, af, status
 
 
