@@ -593,7 +593,8 @@ def scan_chunks(prepared: PreparedScan, genotypes, start: int = 0, stop: int | N
 
             hwe_failed = hwe_exact_pvalues(chunk) < prepared.min_hwe_p  # NaN (nothing to test) never fails
             excluded[:b] = hwe_failed
-        raw = np.zeros((n, prepared.width), np.result_type(chunk.dtype, np.float32))  # float32 stays float32
+        compact = chunk.dtype if chunk.dtype.kind in "iu" else np.result_type(chunk.dtype, np.float32)
+        raw = np.zeros((n, prepared.width), compact)  # int8 / float32 travel as they are, widened on the device
         raw[:, :b] = chunk
         with jax.enable_x64(True):
             if prepared.chunk_sharding is not None:

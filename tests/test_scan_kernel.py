@@ -98,3 +98,20 @@ def test_newton_polish_takes_the_last_short_step_without_evaluating():
 def test_cpu_blocks_keep_a_block_cache_sized():
     sizes = {m: scan_module._fit_block_cpu(m) for m in (100, 499, 1409, 5000)}
     assert sizes == {100: 1024, 499: 256, 1409: 64, 5000: 16}
+
+
+def test_compact_genotype_types_give_the_float64_results():
+    """int8 (no missing) and float32 chunks travel as they are and are widened on the device: same results."""
+    from jaxlmm.scan import scan
+
+    rng = np.random.default_rng(5)
+    n, m = 120, 70
+    genotypes = rng.binomial(2, rng.uniform(0.1, 0.5, m), size=(n, m))
+    kinship = np.corrcoef(rng.normal(size=(n, 300)))
+    y = genotypes[:, 3] * 0.4 + rng.normal(size=n)
+    reference = scan(y, genotypes.astype(np.float64), kinship=kinship, chunk_size=32).columns
+    for compact in (np.int8, np.float32):
+        columns = scan(y, genotypes.astype(compact), kinship=kinship, chunk_size=32).columns
+        for key in ("beta", "se", "p_wald", "p_lrt", "p_score", "af", "n_miss"):
+            np.testing.assert_array_equal(columns[key], reference[key])
+        np.testing.assert_array_equal(columns["status"], reference["status"])
