@@ -156,13 +156,19 @@ def residual(stats: Projected):
     return beta, stats.ypy - beta * stats.xpy
 
 
+def _profiled(logdet_h, logdet_xx, q, n, p: int, method: str):
+    """-2 log restricted likelihood (REML) or -2 log likelihood (ML) with the variances profiled out, from log|H|,
+    log|X'H^-1X| of the p fixed-effect columns and the weighted residual sum of squares q."""
+    if method == "REML":
+        df = n - p
+        return logdet_h + logdet_xx + df * (1.0 + LOG_2PI + jnp.log(q / df))
+    return logdet_h + n * (1.0 + LOG_2PI + jnp.log(q / n))
+
+
 def criterion(stats: Projected, n, p: int, method: str):
     """Profiled -2 log restricted likelihood (REML) or -2 log likelihood (ML), (B,); p = c + 1 fixed effects."""
     _, q = residual(stats)
-    if method == "REML":
-        df = n - p
-        return stats.logdet_h + stats.logdet_cc + jnp.log(stats.xpx) + df * (1.0 + LOG_2PI + jnp.log(q / df))
-    return stats.logdet_h + n * (1.0 + LOG_2PI + jnp.log(q / n))
+    return _profiled(stats.logdet_h, stats.logdet_cc + jnp.log(stats.xpx), q, n, p, method)
 
 
 def criterion_by_lane(stats: Projected, n, p: int, reml_lanes):
@@ -182,19 +188,30 @@ def _taylor_gram(ratio, data: ChunkData):
     With ``w = 1 / (1 + ratio s)``: ``dw/dt = w (w - 1)`` and ``d2w/dt2 = (2w - 1) w (w - 1)``, so each derivative
     of an entry is the same weighted sum with other weights. ``d log|H| / dt = sum (1 - w)``, ``d2 log|H| / dt2 = sum w (1 - w)``.
     Returns three (entries, logdet_h) pairs: value, first and second derivative (null parts in the value only)."""
-    lam_s = data.eigenvalues[:, None] * ratio[None, :]  # (m, B)
-    w = 1.0 / (1.0 + lam_s)
-    w1 = w * (w - 1.0)
-    logdets = (jnp.sum(jnp.log1p(lam_s), axis=0), jnp.sum(1.0 - w, axis=0), -jnp.sum(w1, axis=0))
-    zero = data._replace(null_shared=jnp.zeros_like(data.null_shared),
-                         null_x_shared=jnp.zeros_like(data.null_x_shared), null_xx=jnp.zeros_like(data.null_xx))
+    weights, logdets = _taylor_weights(data.eigenvalues[:, None] * ratio[None, :])  # (m, B) each
+    zero = _without_null_parts(data)
     parts = []
-    for order, weights in enumerate((w, w1, (2.0 * w - 1.0) * w1)):  # separate products: XLA:CPU runs a stacked
-        weighted_x = weights * data.x  # (m, 3B) version 4x slower
-        entries = _entries(data.products.T @ weights, data.shared.T @ weighted_x,
+    for order, w in enumerate(weights):  # separate products: XLA:CPU runs a stacked (m, 3B) version 4x slower
+        weighted_x = w * data.x
+        entries = _entries(data.products.T @ w, data.shared.T @ weighted_x,
                            jnp.sum(weighted_x * data.x, axis=0), data if order == 0 else zero)
         parts.append((entries, logdets[order]))
     return parts
+
+
+def _taylor_weights(lam_s):
+    """lam_s: (m, ...) ratio x eigenvalue. Returns ((w, dw/dt, d2w/dt2), (log|H|, d log|H|/dt, d2 log|H|/dt2)) with
+    ``w = 1 / (1 + lam_s)``, t = log ratio, log|H| summed over the first axis (see :func:`_taylor_gram`)."""
+    w = 1.0 / (1.0 + lam_s)
+    w1 = w * (w - 1.0)
+    logdets = (jnp.sum(jnp.log1p(lam_s), axis=0), jnp.sum(1.0 - w, axis=0), -jnp.sum(w1, axis=0))
+    return (w, w1, (2.0 * w - 1.0) * w1), logdets
+
+
+def _without_null_parts(data: ChunkData) -> ChunkData:
+    """The data with the parts K does not reach set to 0: they enter an entry's value, not its derivatives."""
+    return data._replace(null_shared=jnp.zeros_like(data.null_shared),
+                         null_x_shared=jnp.zeros_like(data.null_x_shared), null_xx=jnp.zeros_like(data.null_xx))
 
 
 def _derivatives_from_taylor(parts, data: ChunkData, method, shape):
@@ -230,18 +247,14 @@ def grid_criterion_derivatives(log_ratios, data: ChunkData, methods=("REML", "ML
     (m, G) matrix, so this is a few matrix products (as :func:`grid_gram`), not passes over (m, B) arrays per
     point; the methods share them."""
     m, b = data.x.shape
-    w = 1.0 / (1.0 + data.eigenvalues[:, None] * jnp.exp(log_ratios)[None, :])  # (m, G)
-    w1 = w * (w - 1.0)
-    weights = jnp.concatenate([w, w1, (2.0 * w - 1.0) * w1], axis=1)  # (m, 3G)
+    taylor, logdets = _taylor_weights(data.eigenvalues[:, None] * jnp.exp(log_ratios)[None, :])  # (m, G) each
+    weights = jnp.concatenate(taylor, axis=1)  # (m, 3G)
     g = log_ratios.shape[0]
     shared_x = (data.shared[:, :, None] * data.x[:, None, :]).reshape(m, -1)  # (m, (c+1) B)
     cross = (weights.T @ shared_x).reshape(3, g, -1, b).transpose(0, 2, 1, 3)  # (3, c+1, G, B)
     xx = (weights.T @ (data.x * data.x)).reshape(3, g, b)
     shared = (data.products.T @ weights).reshape(-1, 3, g).transpose(1, 0, 2)[..., None]  # (3, k, G, 1)
-    lam_s = data.eigenvalues[:, None] * jnp.exp(log_ratios)[None, :]
-    logdets = (jnp.sum(jnp.log1p(lam_s), axis=0), jnp.sum(1.0 - w, axis=0), -jnp.sum(w1, axis=0))
-    zero = data._replace(null_shared=jnp.zeros_like(data.null_shared),
-                         null_x_shared=jnp.zeros_like(data.null_x_shared), null_xx=jnp.zeros_like(data.null_xx))
+    zero = _without_null_parts(data)
     parts = [(_entries(jnp.broadcast_to(shared[o], shared[o].shape[:2] + (b,)), cross[o], xx[o],
                        data if o == 0 else zero), jnp.broadcast_to(logdets[o][:, None], (g, b)))
              for o in range(3)]
@@ -281,7 +294,5 @@ def null_criteria(ratios, data: NullData):
     entries = {(a, b): sums[i] + data.null_shared[a, b] for i, (a, b) in enumerate(zip(*np.triu_indices(c + 1)))}
     logdet_h = jnp.sum(jnp.log1p(lam_s), axis=0)
     entries, logdet_cc = _eliminate(entries, c + 1, c, logdet_h)
-    q, n = entries[(c, c)], data.n
-    reml = logdet_h + logdet_cc + (n - c) * (1.0 + LOG_2PI + jnp.log(q / (n - c)))
-    ml = logdet_h + n * (1.0 + LOG_2PI + jnp.log(q / n))
-    return reml, ml, q
+    q = entries[(c, c)]
+    return (*(_profiled(logdet_h, logdet_cc, q, data.n, c, method) for method in ("REML", "ML")), q)
