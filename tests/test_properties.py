@@ -141,4 +141,4 @@ def test_corrupted_files_give_clean_errors(valid_files, tmp_path_factory, capsys
         assert "c." in captured.err or "sample" in captured.err or "variant" in captured.err, captured.err
     else:  # a corruption that leaves a valid file (e.g. a genotype byte changed): every variant has a row
         rows = (folder / "r.assoc.tsv").read_text().count("\n") - 1
-        assert rows == files["bim"].count(b"\n") - files["bim"].count(b"\n\n")
+        assert rows == sum(1 for line in files["bim"].split(b"\n") if line.strip())  # the .bim's variants

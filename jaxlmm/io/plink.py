@@ -53,8 +53,21 @@ def read_bim(path) -> Bim:
         if len(row) != 6:
             raise InputError(f"{path}: line {i + 1} has {len(row)} fields, expected 6")
     cols = list(zip(*rows)) if rows else [()] * 6
-    return Bim(np.array(cols[0]), np.array(cols[1]), np.array(cols[2], dtype=float),
-               np.array(cols[3], dtype=np.int64), np.array(cols[4]), np.array(cols[5]))
+    return Bim(np.array(cols[0]), np.array(cols[1]), _numbers(path, cols[2], 3, float),
+               _numbers(path, cols[3], 4, np.int64), np.array(cols[4]), np.array(cols[5]))
+
+
+def _numbers(path, values, column: int, dtype) -> np.ndarray:
+    """One numeric ``.bim`` column; a value that is not a number is an error naming its line and column."""
+    try:
+        return np.array(values, dtype=dtype)
+    except (ValueError, OverflowError):
+        for line, value in enumerate(values, start=1):
+            try:
+                dtype(value)
+            except (ValueError, OverflowError):
+                raise InputError(f"{path}: line {line}, column {column}: {value!r} is not a number") from None
+        raise
 
 
 def read_fam(path, column: int = 6) -> Fam:
