@@ -28,10 +28,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import series
 from .likelihood import LOG_2PI
 
 
@@ -78,6 +78,11 @@ def chunk_data(eigenvalues, shared, x, null_shared, null_x_shared, null_xx, n) -
                      n)
 
 
+def select_variants(data: ChunkData, index) -> ChunkData:
+    """The data of variants ``index`` (K,) of the chunk only (x and the variants' null parts gathered)."""
+    return data._replace(x=data.x[:, index], null_x_shared=data.null_x_shared[:, index], null_xx=data.null_xx[index])
+
+
 def _entries(shared, cross, xx, data: ChunkData) -> dict:
     """Gram entries keyed by column pair (a, b), a <= b, columns ordered [C_1..C_c, x, y], from the weighted sums
     over rotated rows (shared: (k, ...), cross: (c+1, ...), xx: (...)) plus the parts K does not reach."""
@@ -122,10 +127,10 @@ def grid_gram(ratios: jnp.ndarray, data: ChunkData):
 def _eliminate(entries: dict, size: int, c: int, logdet_like):
     """Eliminate the first c of ``size`` columns (sequential elimination, see module docstring); returns the
     remaining entries and log|C'H^-1C| (shaped like logdet_like)."""
-    logdet_cc = jnp.zeros_like(logdet_like)
+    logdet_cc = series.zeros_like(logdet_like)
     for k in range(c):
         pivot = entries[(k, k)]
-        logdet_cc = logdet_cc + jnp.log(pivot)
+        logdet_cc = logdet_cc + series.log(pivot)
         entries = {(a, b): entries[(a, b)] - entries[(k, a)] * entries[(k, b)] / pivot
                    for a in range(k + 1, size) for b in range(a, size)}
     return entries, logdet_cc
@@ -161,20 +166,20 @@ def _profiled(logdet_h, logdet_xx, q, n, p: int, method: str):
     log|X'H^-1X| of the p fixed-effect columns and the weighted residual sum of squares q."""
     if method == "REML":
         df = n - p
-        return logdet_h + logdet_xx + df * (1.0 + LOG_2PI + jnp.log(q / df))
-    return logdet_h + n * (1.0 + LOG_2PI + jnp.log(q / n))
+        return logdet_h + logdet_xx + df * (1.0 + LOG_2PI + series.log(q / df))
+    return logdet_h + n * (1.0 + LOG_2PI + series.log(q / n))
 
 
 def criterion(stats: Projected, n, p: int, method: str):
     """Profiled -2 log restricted likelihood (REML) or -2 log likelihood (ML), (B,); p = c + 1 fixed effects."""
     _, q = residual(stats)
-    return _profiled(stats.logdet_h, stats.logdet_cc + jnp.log(stats.xpx), q, n, p, method)
+    return _profiled(stats.logdet_h, stats.logdet_cc + series.log(stats.xpx), q, n, p, method)
 
 
 def criterion_by_lane(stats: Projected, n, p: int, reml_lanes):
     """REML criterion where reml_lanes is True, ML elsewhere (same shapes): REML and ML fits of a chunk run as one
     batch of lanes sharing every pass over the chunk."""
-    return jnp.where(reml_lanes, criterion(stats, n, p, "REML"), criterion(stats, n, p, "ML"))
+    return series.where(reml_lanes, criterion(stats, n, p, "REML"), criterion(stats, n, p, "ML"))
 
 
 def chunk_criterion(log_ratio, data: ChunkData, method: str):
@@ -182,30 +187,35 @@ def chunk_criterion(log_ratio, data: ChunkData, method: str):
     return criterion(projected(jnp.exp(log_ratio), data), data.n, data.shared.shape[1], method)
 
 
-def _taylor_gram(ratio, data: ChunkData):
-    """Gram entries and log|H| of every variant with their first and second derivatives in t = log ratio.
+def _taylor_gram(ratio, data: ChunkData, order: int = 2):
+    """Gram entries and log|H| of every variant with their derivatives in t = log ratio up to ``order`` (2 or 3).
 
-    With ``w = 1 / (1 + ratio s)``: ``dw/dt = w (w - 1)`` and ``d2w/dt2 = (2w - 1) w (w - 1)``, so each derivative
-    of an entry is the same weighted sum with other weights. ``d log|H| / dt = sum (1 - w)``, ``d2 log|H| / dt2 = sum w (1 - w)``.
-    Returns three (entries, logdet_h) pairs: value, first and second derivative (null parts in the value only)."""
-    weights, logdets = _taylor_weights(data.eigenvalues[:, None] * ratio[None, :])  # (m, B) each
+    With ``w = 1 / (1 + ratio s)``, ``dw/dt = w (w - 1)``, so each derivative of an entry is the same weighted sum
+    with other weights (:func:`_taylor_weights`). Returns order + 1 (entries, logdet_h) pairs: value, first, second
+    (and third) derivative (null parts in the value only)."""
+    weights, logdets = _taylor_weights(data.eigenvalues[:, None] * ratio[None, :], order)  # (m, B) each
     zero = _without_null_parts(data)
     parts = []
-    for order, w in enumerate(weights):  # separate products: XLA:CPU runs a stacked (m, 3B) version 4x slower
+    for k, w in enumerate(weights):  # separate products: XLA:CPU runs a stacked (m, 3B) version 4x slower
         weighted_x = w * data.x
         entries = _entries(data.products.T @ w, data.shared.T @ weighted_x,
-                           jnp.sum(weighted_x * data.x, axis=0), data if order == 0 else zero)
-        parts.append((entries, logdets[order]))
+                           jnp.sum(weighted_x * data.x, axis=0), data if k == 0 else zero)
+        parts.append((entries, logdets[k]))
     return parts
 
 
-def _taylor_weights(lam_s):
-    """lam_s: (m, ...) ratio x eigenvalue. Returns ((w, dw/dt, d2w/dt2), (log|H|, d log|H|/dt, d2 log|H|/dt2)) with
-    ``w = 1 / (1 + lam_s)``, t = log ratio, log|H| summed over the first axis (see :func:`_taylor_gram`)."""
+def _taylor_weights(lam_s, order: int = 2):
+    """lam_s: (m, ...) ratio x eigenvalue. Returns the weights ``w = 1 / (1 + lam_s)`` and their derivatives in
+    t = log ratio up to ``order`` (2 or 3), and log|H| = sum log(1 + lam_s) over the first axis with its derivatives
+    up to the same order: with ``w1 = dw/dt = w (w - 1)``, ``d2w/dt2 = (2w - 1) w1``, ``d3w/dt3 = (6w^2 - 6w + 1) w1``;
+    ``d log|H| / dt = sum (1 - w)``, and each further derivative is minus the sum of the previous weight
+    derivative."""
     w = 1.0 / (1.0 + lam_s)
     w1 = w * (w - 1.0)
-    logdets = (jnp.sum(jnp.log1p(lam_s), axis=0), jnp.sum(1.0 - w, axis=0), -jnp.sum(w1, axis=0))
-    return (w, w1, (2.0 * w - 1.0) * w1), logdets
+    weights = (w, w1, (2.0 * w - 1.0) * w1, (6.0 * w * (w - 1.0) + 1.0) * w1)[: order + 1]
+    logdets = (jnp.sum(jnp.log1p(lam_s), axis=0), jnp.sum(1.0 - w, axis=0),
+               *(-jnp.sum(v, axis=0) for v in weights[1:order]))
+    return weights, logdets
 
 
 def _without_null_parts(data: ChunkData) -> ChunkData:
@@ -214,24 +224,29 @@ def _without_null_parts(data: ChunkData) -> ChunkData:
                          null_x_shared=jnp.zeros_like(data.null_x_shared), null_xx=jnp.zeros_like(data.null_xx))
 
 
+def _along(parts, eps):
+    """The Taylor polynomial ``sum_k E_k eps^k / k!`` of the Gram entries and log|H| (parts: (entries, logdet_h)
+    pairs, one per order), by Horner's rule."""
+    entries, logdet = dict(parts[-1][0]), parts[-1][1]
+    for k in range(len(parts) - 2, -1, -1):
+        scale = eps / (k + 1)
+        entries = {key: parts[k][0][key] + scale * value for key, value in entries.items()}
+        logdet = parts[k][1] + scale * logdet
+    return entries, logdet
+
+
 def _derivatives_from_taylor(parts, data: ChunkData, method, shape):
-    """(value, gradient, curvature) in log lambda from the Taylor coefficients of the Gram entries and log|H|
-    (three (entries, logdet_h) pairs, every array of the given shape): the criterion of the second-order Taylor
-    polynomial ``E0 + E1 e + E2 e^2 / 2`` has the criterion's value, first and second derivative at ``e = 0``, which
-    nested forward-mode differentiation takes over arrays of that shape only."""
-    (e0, l0), (e1, l1), (e2, l2) = parts
+    """Derivatives in log lambda of the criterion, value first, from those of the Gram entries and log|H| (one
+    (entries, logdet_h) pair per order, every array of the given shape): the covariate elimination and the profiled
+    criterion run once on truncated Taylor series (:mod:`jaxlmm.series`), so they cost a few arrays of that shape
+    per order."""
     c, p = data.shared.shape[1] - 1, data.shared.shape[1]
-
-    def along(eps):
-        entries = {k: e0[k] + eps * (e1[k] + 0.5 * eps * e2[k]) for k in e0}
-        stats = project_covariates(entries, l0 + eps * (l1 + 0.5 * eps * l2), c)
-        if isinstance(method, str):
-            return criterion(stats, data.n, p, method)
-        return criterion_by_lane(stats, data.n, p, method)
-
-    zero, ones = jnp.zeros(shape, data.x.dtype), jnp.ones(shape, data.x.dtype)
-    (value, grad), (_, curv) = jax.jvp(lambda e: jax.jvp(along, (e,), (ones,)), (zero,), (ones,))
-    return value, grad, curv
+    entries = {key: series.Series(tuple(jnp.broadcast_to(part[0][key], shape) for part in parts)) for key in parts[0][0]}
+    logdet_h = series.Series(tuple(jnp.broadcast_to(part[1], shape) for part in parts))
+    stats = project_covariates(entries, logdet_h, c)
+    if isinstance(method, str):
+        return criterion(stats, data.n, p, method).terms
+    return criterion_by_lane(stats, data.n, p, method).terms
 
 
 def chunk_criterion_derivatives(log_ratio, data: ChunkData, method):
@@ -241,13 +256,28 @@ def chunk_criterion_derivatives(log_ratio, data: ChunkData, method):
     return _derivatives_from_taylor(_taylor_gram(jnp.exp(log_ratio), data), data, method, log_ratio.shape)
 
 
+def chunk_criterion_expansion(log_ratio, data: ChunkData, method):
+    """(value, gradient, curvature, parts) in log lambda, each (B,): as :func:`chunk_criterion_derivatives`, plus
+    the Gram entries' Taylor coefficients (``parts``, as :func:`_taylor_gram`) that :func:`extrapolated` carries to a
+    nearby point without another pass over the chunk."""
+    parts = _taylor_gram(jnp.exp(log_ratio), data)
+    return (*_derivatives_from_taylor(parts, data, method, log_ratio.shape), parts)
+
+
+def extrapolated(parts, step, c: int) -> Projected:
+    """:class:`Projected` statistics at ``log lambda + step`` (step (B,)) from the Taylor coefficients ``parts`` at
+    log lambda (:func:`chunk_criterion_expansion`); the error is of order step^3 (1e-15 relative for the Newton
+    polish's steps of at most 1e-5)."""
+    return project_covariates(*_along(parts, step), c)
+
+
 def grid_criterion_derivatives(log_ratios, data: ChunkData, methods=("REML", "ML")):
     """(value, gradient, curvature) in log lambda of every variant at each of G log ratios shared by all variants,
     each (G, B), for each method in ``methods`` (a tuple of triples). Shared ratios make every Taylor weight one
     (m, G) matrix, so this is a few matrix products (as :func:`grid_gram`), not passes over (m, B) arrays per
     point; the methods share them."""
     m, b = data.x.shape
-    taylor, logdets = _taylor_weights(data.eigenvalues[:, None] * jnp.exp(log_ratios)[None, :])  # (m, G) each
+    taylor, logdets = _taylor_weights(data.eigenvalues[:, None] * jnp.exp(log_ratios)[None, :], 2)  # (m, G) each
     weights = jnp.concatenate(taylor, axis=1)  # (m, 3G)
     g = log_ratios.shape[0]
     shared_x = (data.shared[:, :, None] * data.x[:, None, :]).reshape(m, -1)  # (m, (c+1) B)

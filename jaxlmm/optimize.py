@@ -17,6 +17,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 DEFAULT_MAX_ITER = 200
@@ -129,7 +130,11 @@ def minimize(
 
 
 class ElementwiseResult(NamedTuple):
-    """Per-element outcome of :func:`minimize_elementwise`; every field has the batch shape (B,)."""
+    """Per-element outcome of :func:`minimize_elementwise`; every field has the batch shape (B,).
+
+    polish: the last step taken without evaluation (0 where none; see ``polish_xtol``); params include it.
+    aux: with ``has_aux``, the auxiliary output of the last evaluation, at ``params - polish``.
+    """
 
     params: jnp.ndarray
     value: jnp.ndarray
@@ -137,6 +142,8 @@ class ElementwiseResult(NamedTuple):
     iterations: jnp.ndarray
     converged: jnp.ndarray
     at_bound: jnp.ndarray
+    polish: jnp.ndarray | None = None
+    aux: object = None
 
 
 def scale_by_elementwise_newton(max_step: float = 1.0) -> optax.GradientTransformationExtraArgs:
@@ -160,6 +167,11 @@ def scale_by_elementwise_newton(max_step: float = 1.0) -> optax.GradientTransfor
     return optax.GradientTransformationExtraArgs(init, update)
 
 
+def newton_step(grad, curv):
+    """The Newton step ``-g/h`` (0 where the curvature is not positive)."""
+    return jnp.where(curv > 0, -grad / jnp.where(curv > 0, curv, 1.0), 0.0)
+
+
 def minimize_elementwise(
     objective: Callable,
     params0: jnp.ndarray,
@@ -173,6 +185,10 @@ def minimize_elementwise(
     max_step: float = 1.0,
     derivatives: Callable | None = None,
     polish_xtol: float | None = None,
+    has_aux: bool = False,
+    lane_derivatives: Callable | None = None,
+    compact_lanes: int | None = None,
+    settled: Callable | None = None,
 ) -> ElementwiseResult:
     """Minimize a separable objective ``objective(t) -> (B,)`` (entry b depends on t[b] only) on [lower, upper].
 
@@ -180,17 +196,27 @@ def minimize_elementwise(
     gradients, a second all B curvatures), through optax (:func:`scale_by_elementwise_newton`); each iteration
     evaluates the objective and its derivatives once. A step that raises an element's objective (beyond rounding:
     by more than ``ftol (1 + |value|)``) is not taken, and that element tries a quarter of it next; iterates are
-    clipped to the bounds. An element has converged when ``|gradient| <= gtol``, or the curvature is positive and the next Newton step
-    ``|gradient / curvature|`` is at most ``xtol`` (the distance to the optimum; rounding in a large criterion can
-    keep the gradient itself above gtol), or it sits on a bound with the gradient pointing outwards.
-    The loop stops when every element has converged (or has a non-finite gradient, reported as not converged) or
-    after ``max_iter`` steps. ``derivatives(t) -> (value, gradient, curvature)``, each (B,), replaces the nested
-    forward-mode pass when the caller has a cheaper way to the same numbers.
+    clipped to the bounds. An element has converged when ``|gradient| <= gtol``, or the curvature is positive and the
+    next Newton step is at most ``xtol`` (the distance to the optimum; rounding in a
+    large criterion can keep the gradient itself above gtol), or it sits on a bound with the gradient pointing
+    outwards. The loop stops when every element has converged (or has a non-finite gradient, reported as not
+    converged) or after ``max_iter`` steps. ``derivatives(t) -> (value, gradient, curvature)``, each (B,), replaces
+    the nested forward-mode pass when the caller has a cheaper way to the same numbers; with ``has_aux`` it returns
+    a fourth item, a pytree of (B,)-leading arrays kept for the last accepted point of each element.
 
-    ``polish_xtol``: an element whose next Newton step is at most this long (positive curvature) stops, and its
-    returned params take that last step without another evaluation (its error is then of the order of the step
-    squared: 1e-5 leaves ~1e-10); value and gradient are those before the step. None (default): every returned
-    point was evaluated.
+    ``polish_xtol``: an element whose next step is at most this long (positive curvature) stops, and its returned
+    params take that last step without another evaluation (its error is then of the order of the step squared:
+    1e-5 leaves ~1e-10); value and gradient are those before the step. None (default): every returned point was
+    evaluated.
+
+    ``lane_derivatives(t (K,), lanes (K,) int)``, like ``derivatives`` for the listed elements only, with
+    ``compact_lanes=K``: after the first evaluation (of the whole batch), every iteration evaluates at most K
+    elements still going, gathered (:func:`_gathered_loop`), so a few slow elements do not cost whole-batch
+    evaluations. Every element's iterates are the same either way; the Newton transformation is stateless, which is
+    what makes gathering elements valid.
+
+    ``settled(value, gradient, curvature) -> (B,) bool``, applied after the first evaluation: elements the caller
+    knows it does not need refined (e.g. an optimum elsewhere certainly beats this one) stop there, unconverged.
     """
     solver = optax.chain(scale_by_elementwise_newton(max_step), optax.scale(-1.0))
     ones = jnp.ones_like(params0)
@@ -199,59 +225,113 @@ def minimize_elementwise(
         (value, grad), (_, curv) = jax.jvp(lambda s: jax.jvp(objective, (s,), (ones,)), (t,), (ones,))
         return value, grad, curv
 
-    derivatives = forward_mode if derivatives is None else derivatives
+    def with_aux(evaluate):
+        return evaluate if has_aux else (lambda *args: (*evaluate(*args), ()))
 
+    evaluate_all = with_aux(forward_mode if derivatives is None else derivatives)
     step_tol = xtol if polish_xtol is None else max(xtol, polish_xtol)
 
-    def status(t, grad, curv):
+    def status(t, grad, curv, aux):
         at_lower = (t <= lower) & (grad > 0)
         at_upper = (t >= upper) & (grad < 0)
-        small_step = (curv > 0) & (jnp.abs(grad) <= step_tol * curv)
+        small_step = (curv > 0) & (jnp.abs(newton_step(grad, curv)) <= step_tol)
         return (jnp.abs(grad) <= gtol) | small_step | at_lower | at_upper, at_lower | at_upper
 
-    def finished(t, grad, curv):
+    def finished(t, grad, curv, aux):
         """Converged, or hopeless (non-finite gradient): either way this element stops holding the batch."""
-        return status(t, grad, curv)[0] | ~jnp.isfinite(grad)
+        return status(t, grad, curv, aux)[0] | ~jnp.isfinite(grad)
 
-    class State(NamedTuple):
+    class Lanes(NamedTuple):
+        """The per-element part of the loop state, (B,) each (or (K,) when gathered)."""
+
         params: jnp.ndarray
         value: jnp.ndarray
         grad: jnp.ndarray
         curv: jnp.ndarray
         iterations: jnp.ndarray
         done: jnp.ndarray
-        opt_state: optax.OptState
-        count: jnp.ndarray
         step_scale: jnp.ndarray  # 1, or a quarter of the last rejected step's scale
+        aux: object
 
-    def keep_going(state):
-        return (~jnp.all(state.done)) & (state.count < max_iter)
-
-    def step(state):
-        """One derivative evaluation per iteration: try the (scaled) Newton point; keep it if the objective did not
-        rise beyond rounding, else stay and try a quarter of that step next time."""
-        updates, opt_state = solver.update(state.grad, state.opt_state, state.params, curvature=state.curv)
-        candidate = jnp.clip(state.params + state.step_scale * updates, lower, upper)
-        value, grad, curv = derivatives(candidate)
-        accept = (value <= state.value + ftol * (1.0 + jnp.abs(state.value))) & ~state.done
+    def advance(lanes: Lanes, evaluate) -> Lanes:
+        """One derivative evaluation: try the (scaled) Newton point; keep it if the objective did not rise beyond
+        rounding, else stay and try a quarter of that step next time."""
+        updates, _ = solver.update(lanes.grad, solver.init(lanes.params), lanes.params, curvature=lanes.curv)
+        candidate = jnp.clip(lanes.params + lanes.step_scale * updates, lower, upper)
+        value, grad, curv, aux = evaluate(candidate)
+        accept = (value <= lanes.value + ftol * (1.0 + jnp.abs(lanes.value))) & ~lanes.done
         keep = lambda new, old: jnp.where(accept, new, old)  # noqa: E731
-        params, value, grad, curv = (keep(candidate, state.params), keep(value, state.value),
-                                     keep(grad, state.grad), keep(curv, state.curv))
-        done = finished(params, grad, curv) | state.done
-        iterations = state.iterations + jnp.where(state.done, 0, 1)
-        step_scale = jnp.where(accept, 1.0, 0.25 * state.step_scale)
-        return State(params, value, grad, curv, iterations, done, opt_state, state.count + 1, step_scale)
+        params, value, grad, curv = (keep(candidate, lanes.params), keep(value, lanes.value),
+                                     keep(grad, lanes.grad), keep(curv, lanes.curv))
+        aux = jax.tree.map(lambda new, old: jnp.where(accept.reshape(accept.shape + (1,) * (new.ndim - 1)), new, old),
+                           aux, lanes.aux)
+        iterations = lanes.iterations + jnp.where(lanes.done, 0, 1)
+        done = finished(params, grad, curv, aux) | lanes.done | (iterations >= max_iter)
+        step_scale = jnp.where(accept, 1.0, 0.25 * lanes.step_scale)
+        return Lanes(params, value, grad, curv, iterations, done, step_scale, aux)
 
+    size = params0.shape[0] if params0.ndim else 1
     params0 = jnp.clip(params0, lower, upper)
-    value0, grad0, curv0 = derivatives(params0)
-    done0 = finished(params0, grad0, curv0)
+    value0, grad0, curv0, aux0 = evaluate_all(params0)
+    done0 = finished(params0, grad0, curv0, aux0)
+    if settled is not None:
+        done0 = done0 | settled(value0, grad0, curv0)
     zero = jnp.zeros(params0.shape, jnp.int32)
-    initial = State(params0, value0, grad0, curv0, zero, done0, solver.init(params0), jnp.asarray(0),
-                    jnp.ones_like(params0))
-    final = jax.lax.while_loop(keep_going, step, initial)
-    converged, at_bound = status(final.params, final.grad, final.curv)
-    params = final.params
+    initial = Lanes(params0, value0, grad0, curv0, zero, done0, jnp.ones_like(params0), aux0)
+    if lane_derivatives is not None and compact_lanes is not None and params0.ndim == 1 and compact_lanes < size:
+        final = _gathered_loop(advance, with_aux(lane_derivatives), initial, compact_lanes, max_iter)
+    else:
+        def step(carry):
+            lanes, count = carry
+            return advance(lanes, evaluate_all), count + 1
+
+        final, _ = jax.lax.while_loop(lambda carry: (~jnp.all(carry[0].done)) & (carry[1] < max_iter), step,
+                                      (initial, jnp.asarray(0)))
+    converged, at_bound = status(final.params, final.grad, final.curv, final.aux)
+    polish = jnp.zeros_like(final.params)
     if polish_xtol is not None:
-        last_step = jnp.where(final.curv > 0, final.grad / jnp.where(final.curv > 0, final.curv, 1.0), 0.0)
-        params = jnp.where(converged & ~at_bound, jnp.clip(params - last_step, lower, upper), params)
-    return ElementwiseResult(params, final.value, final.grad, final.iterations, converged, at_bound)
+        last = jnp.clip(final.params + newton_step(final.grad, final.curv), lower, upper) - final.params
+        polish = jnp.where(converged & ~at_bound, last, 0.0)
+    return ElementwiseResult(final.params + polish, final.value, final.grad, final.iterations, converged, at_bound,
+                             polish, final.aux if has_aux else None)
+
+
+def _gathered_loop(advance, evaluate_lanes, initial, k, max_iter):
+    """The loop of :func:`minimize_elementwise` in gathered batches of k elements: each iteration takes the first k
+    elements still going, gathers them (padding with repeats of the last element, whose results are dropped),
+    advances them one evaluation and puts them back; more than k elements still going take several iterations.
+    advance(lanes, evaluate) is the one-evaluation update; evaluate_lanes(t (k,), index (k,)) -> (value, grad,
+    curv, aux); initial: the evaluated starting points of all elements (every leaf (B, ...)).
+
+    The loop carries the state as one (F, B) matrix (every leaf flattened, flags and counts as floats, exactly), so
+    an iteration is one gather in and one gather back: per-leaf gathers and scatters made the compiled program
+    three times larger."""
+    size = initial.params.shape[0]
+    leaves, treedef = jax.tree.flatten(initial)
+    dtype = initial.params.dtype
+    widths = [int(np.prod(leaf.shape[1:], dtype=int)) for leaf in leaves]
+
+    def stack(tree):
+        return jnp.concatenate([leaf.reshape(leaf.shape[0], -1).T.astype(dtype) for leaf in jax.tree.leaves(tree)])
+
+    def unstack(matrix):
+        rows = np.cumsum([0] + widths)
+        return jax.tree.unflatten(treedef, [matrix[a:b].T.reshape((matrix.shape[1],) + leaf.shape[1:]).astype(leaf.dtype)
+                                            for a, b, leaf in zip(rows[:-1], rows[1:], leaves)])
+
+    done_row = list(initial._fields).index("done")  # params .. done are (B,) leaves ahead of aux
+
+    def step(carry):
+        state, count = carry
+        index = jnp.nonzero(state[done_row] == 0, size=k, fill_value=size)[0]  # size: padding
+        clipped = jnp.minimum(index, size - 1)
+        sub = unstack(state[:, clipped])
+        sub = sub._replace(done=sub.done | (index >= size))
+        new = stack(advance(sub, lambda t: evaluate_lanes(t, clipped)))
+        slot = jnp.full(size, k).at[index].set(jnp.arange(k), mode="drop")  # lane -> its place in the batch, or k
+        return jnp.where(slot < k, new[:, jnp.minimum(slot, k - 1)], state), count + 1
+
+    rounds = max_iter * (-(-size // k))  # enough for every element's max_iter steps
+    final, _ = jax.lax.while_loop(lambda carry: jnp.any(carry[0][done_row] == 0) & (carry[1] < rounds), step,
+                                  (stack(initial), jnp.asarray(0)))
+    return unstack(final)

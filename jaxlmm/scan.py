@@ -22,8 +22,11 @@ decomposing it; ``center_kinship=True`` (the default) does the same. REML fits (
 it when the model has an intercept; ML fits, LRT, score tests and the pve scale ``tr(K)/n`` follow the centred matrix.
 
 lambda = s2_g / s2_e is searched on GEMMA's interval [1e-5, 1e5]: a 16-point log grid (plus the null model's
-lambda) picks the starting point, so a multimodal criterion does not trap the search; Newton steps refine it; an
-optimum beyond the interval is reported at its end, as GEMMA does.
+lambdas) with criteria, gradients and curvatures picks the starting point (:func:`_hermite_start`), so a multimodal
+criterion does not trap the search; Newton steps refine it (most variants need one evaluation, at the start; the few
+that need more are iterated by themselves); an optimum beyond the interval is reported at its end, as GEMMA does.
+The statistics at the optimum are carried from the last evaluation's Taylor coefficients over the final short step
+(:func:`jaxlmm.chunk_criteria.extrapolated`), so no pass over the chunk is spent on them.
 
 Modes: ``"exact"`` re-estimates lambda per variant; ``"null"`` keeps the null model's REML lambda for every variant
 (EMMAX/GCTA-style, fast, approximate; p_lrt is not computed).
@@ -44,6 +47,8 @@ from .optimize import minimize_elementwise
 LOG_LAMBDA_BOUNDS = (float(np.log(1e-5)), float(np.log(1e5)))
 GRID_POINTS = 16
 POLISH_XTOL = 1e-5  # last Newton step taken unevaluated when at most this long (leaves ~1e-10 in log lambda)
+QUINTIC_NEWTON_STEPS = 4  # refinements of a start on its interval's quintic (B-sized arithmetic)
+STRAGGLER_SHARE = 1 / 4  # Newton iterations with at most this share of a block's lanes still going evaluate only them
 STATUS_CODES = ("ok", "monomorphic", "all_missing", "too_many_missing", "low_maf", "hwe", "collinear",
                 "not_converged")
 COLUMNS = (
@@ -104,27 +109,33 @@ def _best_start(points, values):
     return points[jnp.argmin(values, axis=0)]
 
 
-def _hermite_start(points, values, grads):
+def _hermite_start(points, values, grads, curvs):
     """Each model's starting log lambda from criteria on a grid, and its best boundary optimum: points (G,)
-    ascending, values and gradients (G, B).
+    ascending, values, gradients and curvatures (G, B).
 
     Interior candidates, as GEMMA searches every interval of its grid: in each interval whose gradient goes from
     negative to positive, the minimum of the cubic matching value and gradient at both ends (Hermite), valued by
-    that cubic. The start is the lowest interior candidate (the best grid point when there is none). Boundary
-    candidates: an end of the search interval whose gradient points outwards, valued exactly. Newton then refines
-    the start, and :func:`_choose_boundary` keeps a boundary optimum that beats the refined interior one (a cubic's
-    estimate is not exact enough to choose between close optima). Returns (start, boundary point, boundary
-    value), each (B,); the boundary value is inf where neither end is a local optimum."""
+    that cubic. The lowest one is refined on the quintic that also matches the curvatures (its error shrinks as the
+    interval's sixth power: about 1e-4 in log lambda on the scan's grid, against 1e-2 for the cubic), and is the
+    start (the best grid point when there is no interior candidate). Boundary candidates: an end of the search interval whose gradient points
+    outwards, valued exactly. Newton then refines the start, and :func:`_choose_boundary` keeps a boundary optimum
+    that beats the refined interior one (an interpolated estimate is not exact enough to choose between close
+    optima). Returns (start, boundary point, boundary value), each (B,); the boundary value is inf where neither
+    end is a local optimum."""
     h = (points[1:] - points[:-1])[:, None]  # (G-1, 1)
     fa, fb, da, db = values[:-1], values[1:], grads[:-1] * h, grads[1:] * h
-    # cubic in s in [0, 1]: p(s) = a3 s^3 + a2 s^2 + da s + fa; p'(s) = 0 at s = -da / (a2 + sqrt(a2^2 - 3 a3 da))
+    # the cubic on values and gradients, p(s) = a3 s^3 + a2 s^2 + da s + fa on s in [0, 1], has its minimum at
+    # s = -da / (a2 + sqrt(a2^2 - 3 a3 da)); its value there ranks the intervals
     a3, a2 = 2.0 * (fa - fb) + da + db, 3.0 * (fb - fa) - 2.0 * da - db
     denominator = a2 + jnp.sqrt(jnp.maximum(a2 * a2 - 3.0 * a3 * da, 0.0))
     s = jnp.clip(jnp.where(denominator > 0, -da / jnp.where(denominator > 0, denominator, 1.0), 0.5), 0.0, 1.0)
     bracket = (grads[:-1] < 0) & (grads[1:] > 0)
     inside_value = jnp.where(bracket, fa + s * (da + s * (a2 + s * a3)), jnp.inf)
-    best_inside = jnp.argmin(inside_value, axis=0)
-    inside = jnp.take_along_axis(points[:-1, None] + s * h, best_inside[None], axis=0)[0]
+    k = jnp.argmin(inside_value, axis=0)  # (B,): each model's best interval; one gather of all it needs
+    stacked = jnp.stack([jnp.broadcast_to(a, inside_value.shape) for a in (
+        points[:-1, None], h, s, fa, fb, da, db, curvs[:-1] * h * h, curvs[1:] * h * h)])  # (9, G-1, B)
+    start, width, *interval = jnp.take_along_axis(stacked, k[None, None], axis=1)[:, 0]
+    inside = start + _quintic_minimum(*interval) * width
     lower_value = jnp.where(grads[0] >= 0, values[0], jnp.inf)
     upper_value = jnp.where(grads[-1] <= 0, values[-1], jnp.inf)
     boundary = jnp.where(upper_value < lower_value, points[-1], points[0])
@@ -134,22 +145,51 @@ def _hermite_start(points, values, grads):
     return start, boundary, boundary_value
 
 
-def _choose_boundary(params, values, boundary, boundary_value):
-    """The refined optimum (params, values: (B,)) or the boundary optimum of :func:`_hermite_start`, whichever is
-    lower."""
-    return jnp.where(boundary_value < values, boundary, params)
+def _quintic_minimum(s, fa, fb, da, db, ca, cb):
+    """Minimum on [0, 1] of the quintic q(s) with value, first and second derivative fa, da, ca at 0 and fb, db, cb
+    at 1 (all (B,)), by Newton steps on q' from s."""
+    r1, r2, r3 = fb - fa - da - 0.5 * ca, db - da - ca, cb - ca
+    q1, q2 = da, 0.5 * ca
+    q3, q4, q5 = 10.0 * r1 - 4.0 * r2 + 0.5 * r3, -15.0 * r1 + 7.0 * r2 - r3, 6.0 * r1 - 3.0 * r2 + 0.5 * r3
+    for _ in range(QUINTIC_NEWTON_STEPS):
+        slope = q1 + s * (2.0 * q2 + s * (3.0 * q3 + s * (4.0 * q4 + s * 5.0 * q5)))
+        bend = 2.0 * q2 + s * (6.0 * q3 + s * (12.0 * q4 + s * 20.0 * q5))
+        s = jnp.clip(jnp.where(bend > 0, s - slope / jnp.where(bend > 0, bend, 1.0), s), 0.0, 1.0)
+    return s
 
 
-def _newton_both(derivatives, start_remle, start_mle, max_iter, polish_xtol=None):
+def _boundary_wins(boundary_value, value, grad, curv):
+    """Where the boundary optimum (boundary_value) certainly beats the interior one near a start with criterion
+    value, gradient and curvature (B,): when the Newton step d = grad / curv is short (at most 1e-3), the interior
+    minimum is value - curv d^2 / 2 up to a cubic term (third derivative x d^3 / 6, below 2e-10 x the third
+    derivative), and the boundary must be lower than value - curv d^2 (twice the predicted decrease) by more than
+    rounding. Such fits need no refining: Newton would only confirm that the boundary wins."""
+    step = jnp.abs(grad) / jnp.where(curv > 0, curv, 1.0)
+    margin = grad * grad / jnp.where(curv > 0, curv, 1.0) + 1e-9 * (1.0 + jnp.abs(value))
+    return (curv > 0) & (step <= 1e-3) & (boundary_value < value - margin)
+
+
+def _choose_boundary(boundary_value, values):
+    """Where the boundary optimum of :func:`_hermite_start` beats the refined interior optimum (values: (B,)): a bool
+    (B,) mask."""
+    return boundary_value < values
+
+
+def _newton_both(derivatives, start_remle, start_mle, max_iter, lane_derivatives=None, **options):
     """REML and ML optima of log lambda for B models at once: 2B lanes (REML first) of elementwise Newton (optax,
     :func:`jaxlmm.optimize.minimize_elementwise`) on GEMMA's interval, so both fits share every evaluation.
-    derivatives(log_lambda (2B,), reml_lanes (2B,) bool) -> (value, gradient, curvature). Returns the
-    ElementwiseResult of the 2B lanes."""
+    derivatives(log_lambda (2B,), reml_lanes (2B,) bool) -> (value, gradient, curvature[, aux]). Optional
+    lane_derivatives(log_lambda (K,), lanes (K,) int, reml_lanes (K,) bool), the same for the listed lanes only:
+    the last few slow lanes are then iterated by themselves (:data:`STRAGGLER_SHARE` of the lanes at most).
+    options: passed on to minimize_elementwise (polish_xtol, has_aux). Returns the ElementwiseResult
+    of the 2B lanes."""
     b = start_remle.shape[0]
     lanes = jnp.arange(2 * b) < b
     given = partial(derivatives, reml_lanes=lanes)
+    few = None if lane_derivatives is None else (lambda t, index: lane_derivatives(t, index, lanes[index]))
     return minimize_elementwise(lambda t: given(t)[0], jnp.concatenate([start_remle, start_mle]), *LOG_LAMBDA_BOUNDS,
-                                max_iter=max_iter, derivatives=given, polish_xtol=polish_xtol)
+                                max_iter=max_iter, derivatives=given, lane_derivatives=few,
+                                compact_lanes=max(1, int(2 * b * STRAGGLER_SHARE)), **options)
 
 
 def _null_derivatives(log_lambda, data, reml_lanes):
@@ -223,6 +263,16 @@ class _Shared(NamedTuple):
     trace_ratio: jnp.ndarray  # ()  tr(K)/n
 
 
+def _with_nan(chunk, dtype):
+    """A genotype chunk as floats of dtype with NaN where missing: integer chunks (e.g. int8 counts) mark missing
+    values with negative numbers. Works on numpy and JAX arrays."""
+    xp = jnp if isinstance(chunk, jax.Array) else np
+    values = chunk.astype(dtype)
+    if not xp.issubdtype(chunk.dtype, xp.integer):
+        return values
+    return xp.where(chunk < 0, xp.nan, values)
+
+
 def _device_impute(raw, excluded, min_maf: float, max_missing: float):
     """Mean imputation and variant filters of a chunk on the device. raw: (n, B) genotypes, NaN missing; excluded:
     (B,) bool, variants left out by the host (padding, Hardy-Weinberg). Returns the (n, B) matrix to fit (a
@@ -251,7 +301,7 @@ def _fit_chunk(rotation_basis, shared: _Shared, raw, excluded, *, c, exact, max_
 
     rotation_basis is the kernel's basis in rotation_dtype: U'X runs in that precision, everything after in float64.
     """
-    genotypes, variants = _device_impute(raw.astype(shared.Y.dtype), excluded, min_maf, max_missing)
+    genotypes, variants = _device_impute(_with_nan(raw, shared.Y.dtype), excluded, min_maf, max_missing)
     x_rot = structure.rotate(rotation_basis, genotypes.astype(rotation_dtype)).astype(genotypes.dtype)  # (m, B)
     xx = jnp.sum(genotypes * genotypes, axis=0) - jnp.sum(x_rot * x_rot, axis=0)  # (B,)
     xc = shared.cov.T @ genotypes - shared.cov_rot.T @ x_rot  # (c, B)
@@ -266,27 +316,38 @@ def _fit_chunk(rotation_basis, shared: _Shared, raw, excluded, *, c, exact, max_
     def one_block(x_b, xc_b, xy_b, xx_b, fixed_scale, y_r, cy_gram, t_remle0, t_mle0, logl0):
         data = chunk_criteria.chunk_data(shared.eigenvalues, jnp.concatenate([shared.cov_rot, y_r[:, None]], axis=1),
                                          x_b, cy_gram, jnp.concatenate([xc_b, xy_b[None]]), xx_b, n)
-        # the null model's REML and ML lambdas: ratios shared by all variants (matrix products)
-        at_points = chunk_criteria.grid_projected(jnp.exp(jnp.stack([t_remle0, t_mle0])), data)  # fields (2, B)
+        # the null model's REML and ML lambdas and both ends of the search interval: ratios shared by all variants
+        # (matrix products)
+        at_points = chunk_criteria.grid_projected(jnp.exp(jnp.stack([t_remle0, t_mle0, *LOG_LAMBDA_BOUNDS])), data)
         row = lambda stats, i: chunk_criteria.Projected(*(f[i] for f in stats))  # noqa: E731
         null_ml = row(at_points, 1)  # score test
-        if exact:  # criteria and gradients on the grid and at the null model's lambdas (matrix products)
+        if exact:  # criteria and derivatives on the grid and at the null model's lambdas (matrix products)
             grid = jnp.sort(jnp.concatenate([_log_lambda_grid(), jnp.stack([t_remle0, t_mle0])]))
-            (reml, reml_grad, _), (ml, ml_grad, _) = chunk_criteria.grid_criterion_derivatives(grid, data)
+            (start_remle, *edge_remle), (start_mle, *edge_mle) = (
+                _hermite_start(grid, *triple) for triple in chunk_criteria.grid_criterion_derivatives(grid, data))
+            boundary, boundary_value = (jnp.concatenate(pair) for pair in zip(edge_remle, edge_mle))
             doubled = data._replace(x=jnp.concatenate([data.x, data.x], axis=1),
                                     null_x_shared=jnp.concatenate([data.null_x_shared] * 2, axis=1),
                                     null_xx=jnp.concatenate([data.null_xx] * 2))
-            (start_remle, *edge_remle), (start_mle, *edge_mle) = (_hermite_start(grid, reml, reml_grad),
-                                                                    _hermite_start(grid, ml, ml_grad))
-            fit = _newton_both(lambda t, reml_lanes: chunk_criteria.chunk_criterion_derivatives(t, doubled, reml_lanes),
-                               start_remle, start_mle, max_iter, polish_xtol=POLISH_XTOL)
-            optima = _choose_boundary(fit.params, fit.value, *(jnp.concatenate(pair) for pair in zip(edge_remle,
-                                                                                                      edge_mle)))
-            final = chunk_criteria.projected(jnp.exp(optima), doubled)  # both fits at their optima
+            fit = _newton_both(
+                lambda t, reml_lanes: chunk_criteria.chunk_criterion_expansion(t, doubled, reml_lanes),
+                start_remle, start_mle, max_iter,
+                lambda t, index, reml_lanes: chunk_criteria.chunk_criterion_expansion(
+                    t, chunk_criteria.select_variants(doubled, index), reml_lanes),
+                polish_xtol=POLISH_XTOL, has_aux=True, settled=partial(_boundary_wins, boundary_value))
+            edge = _choose_boundary(boundary_value, fit.value)
+            optima = jnp.where(edge, boundary, fit.params)
+            # statistics at the optima without another pass: the last evaluation's expansion carried over the
+            # polishing step, or the exact grid values at the chosen end
+            at_edge = chunk_criteria.Projected(*(jnp.concatenate([jnp.where(boundary[:b] > 0, f[3], f[2]),
+                                                                   jnp.where(boundary[b:] > 0, f[3], f[2])])
+                                                 for f in at_points))
+            final = chunk_criteria.Projected(*(jnp.where(edge, e, f) for e, f in zip(
+                at_edge, chunk_criteria.extrapolated(fit.aux, fit.polish, c))))
             t_remle, t_mle = optima[:b], optima[b:]
             remle = chunk_criteria.Projected(*(f[:b] for f in final))
             ml_criterion = chunk_criteria.criterion(final, n, c + 1, "ML")[b:]
-            converged = fit.converged[:b] & fit.converged[b:]
+            converged = (fit.converged | edge)[:b] & (fit.converged | edge)[b:]
             iterations = fit.iterations[:b] + fit.iterations[b:]
         else:
             t_remle, t_mle = jnp.full(b, t_remle0), jnp.full(b, t_mle0)
@@ -360,7 +421,7 @@ def _impute(chunk: np.ndarray, max_missing: float, min_maf: float):
     Monomorphic: the imputed column is constant, i.e. every observed value is the same (the fill is their mean).
     The host-side twin of :func:`_device_impute` (same statuses, :func:`_variant_status`), for scans that impute
     before their own device work (:mod:`jaxlmm.scan_mixed`)."""
-    chunk = np.asarray(chunk, dtype=float)
+    chunk = _with_nan(np.asarray(chunk), float)
     missing = np.isnan(chunk)
     n_miss = np.count_nonzero(missing, axis=0)
     n_obs = chunk.shape[0] - n_miss
@@ -472,7 +533,7 @@ def scan(y, genotypes, covariates=None, *, variant_names=None, **options) -> Sca
 
     y:           (n,) or (n, P) phenotypes (finite; several phenotypes share one decomposition)
     genotypes:   (n, M) array-like (numpy, memmap, any object with ``.shape`` and column slicing; NaN = missing,
-                 mean-imputed per variant) or an iterable of (n, b) chunks
+                 or a negative number in an integer array; mean-imputed per variant) or an iterable of (n, b) chunks
     covariates:  (n, c0) or None; an intercept is prepended unless ``intercept=False``
     variant_names: (M,) labels for the "variant" column (default v1, v2, ...)
     options (keyword only):
@@ -577,7 +638,9 @@ def scan_chunks(prepared: PreparedScan, genotypes, start: int = 0, stop: int | N
     ``prepared.chunk_size`` variants, in order. The next chunk is read and dispatched while the previous one is
     fitted. Results of a variant do not depend on start/stop when start is a multiple of the chunk size.
 
-    genotypes: (n, M) array-like with column slicing (start/stop apply), or an iterable of (n, b) chunks.
+    genotypes: (n, M) array-like with column slicing (start/stop apply), or an iterable of (n, b) chunks; floats
+    with NaN for missing values, or integers (e.g. int8 allele counts) with negative numbers for missing values.
+    Chunks travel to the device in their own type (int8: a quarter of the bytes of float32) and are imputed there.
     """
     n, size = prepared.n, prepared.chunk_size
     pending, offset = None, start
@@ -591,7 +654,7 @@ def scan_chunks(prepared: PreparedScan, genotypes, start: int = 0, stop: int | N
         if prepared.min_hwe_p > 0:
             from .hwe import hwe_exact_pvalues
 
-            hwe_failed = hwe_exact_pvalues(chunk) < prepared.min_hwe_p  # NaN (nothing to test) never fails
+            hwe_failed = hwe_exact_pvalues(_with_nan(chunk, float)) < prepared.min_hwe_p  # NaN (none) never fails
             excluded[:b] = hwe_failed
         compact = chunk.dtype if chunk.dtype.kind in "iu" else np.result_type(chunk.dtype, np.float32)
         raw = np.zeros((n, prepared.width), compact)  # int8 / float32 travel as they are, widened on the device

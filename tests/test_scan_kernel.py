@@ -49,18 +49,37 @@ def test_grid_gradient_is_the_derivative_of_the_criterion():
     np.testing.assert_allclose(curv[0], (f(0.3 + h) - 2 * f(0.3) + f(0.3 - h)) / h**2, rtol=1e-4)
 
 
-def test_hermite_start_recovers_the_minimum_of_a_cubic_and_boundary_optima():
+def _with_derivatives(f, points, columns):
+    """values, gradients and curvatures (G, B) of f(t, column) on points (G,) for each column."""
+    on = lambda g: jax.vmap(jax.vmap(g, in_axes=(0, None)), in_axes=(None, 0), out_axes=1)(points, columns)  # noqa
+    return on(f), on(jax.grad(f)), on(jax.grad(jax.grad(f)))
+
+
+def test_hermite_start_recovers_the_minimum_of_a_quintic_and_boundary_optima():
     points = jnp.linspace(-3.0, 3.0, 7)
-    minima = jnp.asarray([-2.2, 0.37, 1.9])  # f(t) = (t - t*)^2 (t + 10): a cubic, exact for Hermite
-    f = (points[:, None] - minima) ** 2 * (points[:, None] + 10.0)
-    df = 2 * (points[:, None] - minima) * (points[:, None] + 10.0) + (points[:, None] - minima) ** 2
-    np.testing.assert_allclose(scan_module._hermite_start(points, f, df)[0], minima, atol=1e-12)
+    minima = jnp.asarray([-2.2, 0.37, 1.9])
+    quintic = lambda t, m: (t - m) ** 2 * (t + 10.0) * (t * t + 5.0)  # noqa: E731  exact for quintic Hermite
+    np.testing.assert_allclose(scan_module._hermite_start(points, *_with_derivatives(quintic, points, minima))[0],
+                               minima, atol=1e-12)
     rising, falling = points[:, None] * jnp.ones(2), -points[:, None] * jnp.ones(2)
     start, boundary, value = scan_module._hermite_start(points, jnp.concatenate([rising, falling], 1),
-                                                        jnp.concatenate([jnp.ones((7, 2)), -jnp.ones((7, 2))], 1))
+                                                        jnp.concatenate([jnp.ones((7, 2)), -jnp.ones((7, 2))], 1),
+                                                        jnp.zeros((7, 4)))
     np.testing.assert_array_equal(start, [-3.0, -3.0, 3.0, 3.0])
     np.testing.assert_array_equal(boundary, start)
     np.testing.assert_array_equal(value, [-3.0, -3.0, -3.0, -3.0])
+
+
+def test_quintic_start_is_within_the_polish_threshold_on_a_smooth_criterion():
+    """On a logistic-shaped criterion (the shape of the scan's criteria in log lambda) and the scan's grid spacing,
+    the quintic start is within 1e-3 of the minimum (the Halley polish threshold)."""
+    points = jnp.linspace(-11.5, 11.5, 16)
+    centres = jnp.linspace(-9.0, 9.0, 25)
+    criterion = lambda t, m: jnp.log1p(jnp.exp(t - m)) - 0.5 * (t - m) + 0.02 * (t - m) ** 2  # noqa: E731
+    fine = jnp.linspace(-11.5, 11.5, 2_300_001)
+    truth = fine[jnp.argmin(jax.vmap(criterion, in_axes=(None, 0), out_axes=1)(fine, centres), axis=0)]
+    start = scan_module._hermite_start(points, *_with_derivatives(criterion, points, centres))[0]
+    assert float(jnp.max(jnp.abs(start - truth))) < 1e-3
 
 
 def test_a_boundary_optimum_that_beats_the_refined_interior_one_is_kept():
@@ -72,16 +91,32 @@ def test_a_boundary_optimum_that_beats_the_refined_interior_one_is_kept():
         return depth * jnp.exp(-2.0 * (t + 1.0) ** 2) - 0.1 * (t + 3.0)
 
     points = jnp.linspace(-3.0, 3.0, 13)
-    values = jax.vmap(criterion, in_axes=(None, 0), out_axes=1)(points, depths)
-    grads = jax.vmap(jax.vmap(jax.grad(criterion), in_axes=(0, None)), in_axes=(None, 0), out_axes=1)(points, depths)
-    start, boundary, boundary_value = scan_module._hermite_start(points, values, grads)
+    start, boundary, boundary_value = scan_module._hermite_start(points, *_with_derivatives(criterion, points, depths))
     assert bool(jnp.all(start < 0)) and bool(jnp.all(boundary == 3.0))
     np.testing.assert_allclose(boundary_value, -0.6)
     fine = jnp.linspace(-3.0, 0.0, 30001)  # the refined interior minima
     well = jax.vmap(criterion, in_axes=(None, 0), out_axes=1)(fine, depths)
-    refined, refined_value = fine[jnp.argmin(well, axis=0)], jnp.min(well, axis=0)
-    chosen = scan_module._choose_boundary(refined, refined_value, boundary, boundary_value)
-    assert float(chosen[0]) == 3.0 and float(chosen[1]) == float(refined[1])
+    refined_value = jnp.min(well, axis=0)
+    np.testing.assert_array_equal(scan_module._choose_boundary(boundary_value, refined_value), [True, False])
+
+
+def test_expansion_carries_the_statistics_over_a_short_step():
+    """chunk_criterion_expansion: value, gradient and curvature as nested autodiff of the criterion; statistics
+    carried over a step of 1e-4 (the Newton polish takes at most 1e-5) equal direct ones at the shifted point."""
+    data = _chunk(seed=4)
+    t = jnp.linspace(-2.0, 2.0, data.x.shape[1])
+    lanes = jnp.arange(data.x.shape[1]) % 2 == 0
+    value, grad, curv, parts = chunk_criteria.chunk_criterion_expansion(t, data, lanes)
+    f = lambda s: jnp.where(lanes, chunk_criteria.chunk_criterion(s, data, "REML"),  # noqa: E731
+                            chunk_criteria.chunk_criterion(s, data, "ML"))
+    ones = jnp.ones_like(t)
+    (direct_value, direct_grad), (_, direct_curv) = jax.jvp(lambda s: jax.jvp(f, (s,), (ones,)), (t,), (ones,))
+    for a, b in zip((value, grad, curv), (direct_value, direct_grad, direct_curv)):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-11)
+    step = jnp.where(lanes, 1e-4, -1e-4)
+    carried = chunk_criteria.extrapolated(parts, step, data.shared.shape[1] - 1)
+    for a, b in zip(carried, chunk_criteria.projected(jnp.exp(t + step), data)):
+        np.testing.assert_allclose(a, b, rtol=1e-11)
 
 
 def test_newton_polish_takes_the_last_short_step_without_evaluating():
@@ -101,17 +136,75 @@ def test_cpu_blocks_keep_a_block_cache_sized():
 
 
 def test_compact_genotype_types_give_the_float64_results():
-    """int8 (no missing) and float32 chunks travel as they are and are widened on the device: same results."""
+    """int8 and float32 chunks travel as they are and are widened on the device: same results; in integer chunks a
+    negative number is a missing value (PLINK counts: -1), as NaN in float chunks."""
     from jaxlmm.scan import scan
 
     rng = np.random.default_rng(5)
     n, m = 120, 70
-    genotypes = rng.binomial(2, rng.uniform(0.1, 0.5, m), size=(n, m))
+    genotypes = rng.binomial(2, rng.uniform(0.1, 0.5, m), size=(n, m)).astype(float)
+    genotypes[rng.uniform(size=(n, m)) < 0.01] = np.nan
     kinship = np.corrcoef(rng.normal(size=(n, 300)))
     y = genotypes[:, 3] * 0.4 + rng.normal(size=n)
-    reference = scan(y, genotypes.astype(np.float64), kinship=kinship, chunk_size=32).columns
+    y = np.where(np.isnan(y), 0.0, y)
+    reference = scan(y, genotypes, kinship=kinship, chunk_size=32).columns
+    assert reference["n_miss"].sum() > 0
     for compact in (np.int8, np.float32):
-        columns = scan(y, genotypes.astype(compact), kinship=kinship, chunk_size=32).columns
+        chunk = np.where(np.isnan(genotypes), -1, genotypes).astype(np.int8) if compact == np.int8 else genotypes
+        columns = scan(y, chunk.astype(compact), kinship=kinship, chunk_size=32).columns
         for key in ("beta", "se", "p_wald", "p_lrt", "p_score", "af", "n_miss"):
             np.testing.assert_array_equal(columns[key], reference[key])
         np.testing.assert_array_equal(columns["status"], reference["status"])
+
+
+def test_gathered_stragglers_follow_the_same_iterates_as_the_whole_batch():
+    """With lane_derivatives, every evaluation after the first is of at most 8 elements still going (gathered);
+    every element's iterates, iteration count and result are the same as with whole-batch evaluations."""
+    rng = np.random.default_rng(2)
+    target = jnp.asarray(rng.uniform(-2.0, 2.0, 40))
+    steepness = jnp.asarray(np.where(np.arange(40) < 5, 0.05, 1.0))  # five slow elements
+
+    def derivatives_of(t, index):
+        f = lambda s: jnp.cosh((s - target[index]) * steepness[index]) + 0.1 * (s - target[index]) ** 4  # noqa: E731
+        ones = jnp.ones_like(t)
+        (v, g), (_, h) = jax.jvp(lambda s: jax.jvp(f, (s,), (ones,)), (t,), (ones,))
+        return v, g, h
+
+    everything = jnp.arange(40)
+    whole = minimize_elementwise(lambda t: derivatives_of(t, everything)[0], jnp.zeros(40), -5.0, 5.0, max_iter=40,
+                                 derivatives=lambda t: derivatives_of(t, everything))
+    calls, ran = [], []
+
+    def counted(t, index):
+        calls.append(t.shape[0])
+        jax.debug.callback(lambda: ran.append(1))
+        return derivatives_of(t, index)
+
+    gathered = minimize_elementwise(lambda t: derivatives_of(t, everything)[0], jnp.zeros(40), -5.0, 5.0, max_iter=40,
+                                    derivatives=lambda t: derivatives_of(t, everything), lane_derivatives=counted,
+                                    compact_lanes=8)
+    assert calls == [8]  # traced once, for 8 lanes
+    assert len(ran) > 0  # and run
+    for a, b in zip(whole[:6], gathered[:6]):
+        np.testing.assert_array_equal(a, b)
+    assert int(whole.iterations[:5].min()) > int(whole.iterations[5:].max())  # the slow ones did go on alone
+
+
+def test_a_boundary_that_certainly_wins_settles_the_fit_and_a_near_tie_does_not():
+    """_boundary_wins: decided from the first evaluation when the boundary beats twice the predicted decrease;
+    a near tie (within the cubic term's reach), a long step or negative curvature leave the fit to Newton."""
+    value, curv = jnp.full(5, 10.0), jnp.asarray([2.0, 2.0, 2.0, 2.0, -1.0])
+    grad = jnp.asarray([2e-4, 2e-4, 1e-2, 2e-4, 2e-4])  # steps 1e-4, 1e-4, 5e-3 (too long), 1e-4, -
+    boundary = jnp.asarray([9.99, 10.0 - 3e-8, 9.0, 10.0 - 1e-8 - 2e-8, 9.0])
+    settled = scan_module._boundary_wins(boundary, value, grad, curv)
+    np.testing.assert_array_equal(settled, [True, False, False, False, False])
+
+
+def test_settled_elements_stop_after_the_first_evaluation():
+    target = jnp.asarray([0.5, -1.2, 2.0])
+    objective = lambda t: jnp.cosh(t - target)  # noqa: E731
+    result = minimize_elementwise(objective, jnp.zeros(3), -5.0, 5.0, max_iter=30,
+                                  settled=lambda value, grad, curv: jnp.asarray([False, True, False]))
+    np.testing.assert_array_equal(result.iterations == 0, [False, True, False])
+    np.testing.assert_array_equal(result.converged, [True, False, True])
+    assert float(result.params[1]) == 0.0
