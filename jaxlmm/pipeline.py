@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -164,15 +165,17 @@ def _on_samples(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 class ScannedGenotypes:
     """Column-sliceable view of a genotype reader: the analyzed samples (rows, (n_all,) bool) and the tested
-    variants (columns: (M',) sorted positions, or None for all); ``view[:, a:b]`` is (n, b - a)."""
+    variants (columns: (M',) sorted positions, or None for all); ``view[:, a:b]`` is (n, b - a): int8 counts with
+    -1 for missing from readers that have them (PLINK, ``reader.counts``), else floats with NaN."""
 
     def __init__(self, reader, rows: np.ndarray, columns: np.ndarray | None = None):
         self.reader, self.rows, self.columns = reader, rows, columns
         self.shape = (int(rows.sum()), reader.shape[1] if columns is None else len(columns))
+        self._read = getattr(reader, "counts", None) or reader.__getitem__
 
     def __getitem__(self, index):
         cols = index[1] if self.columns is None else self.columns[index[1]]
-        return self.reader[self.rows, cols]
+        return self._read((self.rows, cols))
 
 
 def scanned_bim(inputs: Inputs):
@@ -306,7 +309,7 @@ def _random_effects(config, inputs, lines):
 def run_scan(config: ScanConfig, on_chunk: Callable[[int, int], None] | None = None) -> list:
     """Run the scan a config describes; returns the log lines (also written to ``out.log.txt`` or the part's log).
 
-    on_chunk(done, total): called after each chunk is written (variants of this run done / to do).
+    on_chunk(done, total): called as chunks are written (variants of this run done / to do).
     """
     began = time.perf_counter()
     inputs = read_inputs(config)
@@ -323,7 +326,7 @@ def run_scan(config: ScanConfig, on_chunk: Callable[[int, int], None] | None = N
     if table.resumed_from:
         lines.append(f"resumed: {table.resumed_from} rows were already written")
     random_for = _random_effects(config, inputs, lines)
-    begin, current = start + table.resumed_from, None
+    begin, current, reported = start + table.resumed_from, None, table.resumed_from
     for run in runs:
         first, last = max(run.start, begin), min(run.stop, stop)
         if first >= last:
@@ -335,10 +338,14 @@ def run_scan(config: ScanConfig, on_chunk: Callable[[int, int], None] | None = N
         for chunk in scan_chunks(current[1], rows, first, last):
             b = chunk.columns["status"].shape[1]
             values = {k: v[0] for k, v in chunk.columns.items()}
-            table.append(format_rows(values, bim, slice(chunk.offset, chunk.offset + b)), b)
-            if on_chunk is not None:
-                on_chunk(table.committed_rows, stop - start)
+            # formatted, written and committed by the table's writer thread while the next chunks are fitted
+            table.append(partial(format_rows, values, bim, slice(chunk.offset, chunk.offset + b)), b)
+            if on_chunk is not None and table.committed_rows > reported:
+                reported = table.committed_rows
+                on_chunk(reported, stop - start)
     written = table.finish()
+    if on_chunk is not None and written > reported:
+        on_chunk(written, stop - start)
     prefix = path[: -len(".assoc.tsv")]  # out, or out.part{i}of{n}
     results = read_table(path)
     ok = results["status"] == "ok"

@@ -27,6 +27,9 @@ def test_bed_any_sample_count_with_missing_calls(tmp_path, rng, n):
     np.testing.assert_array_equal(reader[:, 3:7], genotypes[:, 3:7])
     rows = np.arange(n) % 2 == 0
     np.testing.assert_array_equal(reader[rows, 2:5], genotypes[rows][:, 2:5])
+    counts = reader.counts((rows, slice(2, 5)))  # int8, -1 where missing
+    assert counts.dtype == np.int8
+    np.testing.assert_array_equal(counts, np.where(np.isnan(genotypes), -1, genotypes)[rows][:, 2:5])
 
 
 def _write_bimbam(path, dosages, names, separator=", ", compress=False):
@@ -137,6 +140,7 @@ def test_resumable_table_drops_an_uncommitted_tail(tmp_path):
     path = tmp_path / "r.assoc.tsv"
     table = ResumableTable(path, {"inputs": 1}, resume=False)
     table.append("row1\nrow2\n", 2)
+    table.wait()
     table.handle.write(b"half a chunk wri")  # killed before the commit
     table.handle.flush()
     again = ResumableTable(path, {"inputs": 1}, resume=True)
@@ -146,6 +150,21 @@ def test_resumable_table_drops_an_uncommitted_tail(tmp_path):
     assert path.read_text() == HEADER + "row1\nrow2\nrow3\n"
     assert not (tmp_path / "r.assoc.tsv.partial").exists() and not (tmp_path / "r.assoc.tsv.resume.json").exists()
     other = ResumableTable(tmp_path / "s.assoc.tsv", {"inputs": 1}, resume=False)
-    other.append("x\n", 1)
+    other.append(lambda: "x\n", 1)  # text, or a function formatting it in the writer thread
+    other.wait()
     with pytest.raises(InputError, match="other inputs or settings"):
         ResumableTable(tmp_path / "s.assoc.tsv", {"inputs": 2}, resume=True)
+
+
+def test_resumable_table_reports_a_writer_error_in_the_caller(tmp_path):
+    table = ResumableTable(tmp_path / "e.assoc.tsv", {"inputs": 1}, resume=False)
+
+    def broken():
+        raise OSError("disk full")
+
+    table.append(broken, 1)
+    with pytest.raises(InputError, match="disk full"):
+        table.wait()
+    with pytest.raises(InputError, match="disk full"):
+        table.finish()
+    assert not (tmp_path / "e.assoc.tsv").exists()
