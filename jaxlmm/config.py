@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+import typing
 from typing import NamedTuple
 
 from .validate import InputError
@@ -75,14 +76,15 @@ class ScanConfig(NamedTuple):
 SCAN_KEYS = ScanConfig._fields
 PATH_KEYS = ("bfile", "bgen", "sample", "geno", "pheno", "anno", "covar", "kinship", "out", "keep", "remove", "snps", "ksnps",
              "eigen")
-_TYPES = {
-    "bfile": (str,), "bgen": (str,), "sample": (str,), "hwe": (float, int), "geno": (str,), "pheno": (str,), "anno": (str,), "pheno_col": (int, str), "covar": (str,),
-    "kinship": (str,), "groups": (str,), "gk": (int,), "mode": (str,), "out": (str,), "chunk": (int,),
-    "min_maf": (float, int), "max_missing": (float, int), "max_iter": (int,), "rotation": (str,), "plots": (bool,),
-    "resume": (bool,), "part": (str,), "loco": (bool,), "keep": (str,), "remove": (str,), "snps": (str,),
-    "ksnps": (str,), "cat": (str,), "max_memory": (float, int), "eigen": (str,), "distributed": (bool,),
-    "coordinator": (str,), "num_processes": (int,), "process_id": (int,),
-}
+
+
+def _accepted_types(annotation) -> tuple:
+    """The TOML value types a field's annotation accepts: its types without None, integers too where a float is."""
+    types = tuple(t for t in typing.get_args(annotation) or (annotation,) if t is not type(None))
+    return types + (int,) if float in types and int not in types else types
+
+
+_TYPES = {key: _accepted_types(annotation) for key, annotation in typing.get_type_hints(ScanConfig).items()}
 _CHOICES = {"mode": ("exact", "null"), "rotation": ("float64", "float32"), "gk": (1, 2)}
 
 
