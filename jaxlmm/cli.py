@@ -168,15 +168,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _enable_compilation_cache() -> None:
-    """Keep compiled programs between runs (the scan compiles for ~10 s). The CLI is its own process, so setting
-    this JAX option here changes nothing for library users. JAXLMM_CACHE_DIR overrides the place; empty disables."""
+    """Keep compiled programs between runs (the scan compiles for ~10 s): JAX's compilation cache, and the scan's
+    executables themselves (:mod:`jaxlmm.executables`). The CLI is its own process, so setting these here changes
+    nothing for library users. JAXLMM_CACHE_DIR overrides the place; empty disables."""
     import os
 
     import jax
 
+    from .executables import keep_in
+
     directory = os.environ.get("JAXLMM_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "jaxlmm", "xla"))
     if directory:
         jax.config.update("jax_compilation_cache_dir", directory)
+        keep_in(os.path.join(directory, "executables"))  # whole programs too: no tracing in a warm run
 
 
 def main(argv=None) -> int:

@@ -41,14 +41,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import chunk_criteria, structure, validate
+from . import chunk_criteria, executables, structure, validate
 from .optimize import minimize_elementwise
 
 LOG_LAMBDA_BOUNDS = (float(np.log(1e-5)), float(np.log(1e5)))
 GRID_POINTS = 16
 POLISH_XTOL = 1e-5  # last Newton step taken unevaluated when at most this long (leaves ~1e-10 in log lambda)
 QUINTIC_NEWTON_STEPS = 4  # refinements of a start on its interval's quintic (B-sized arithmetic)
-STRAGGLER_SHARE = 1 / 4  # Newton iterations with at most this share of a block's lanes still going evaluate only them
+STRAGGLER_SHARE = 1 / 4  # after the first evaluation, Newton steps evaluate at most this share of a block's lanes at once
 STATUS_CODES = ("ok", "monomorphic", "all_missing", "too_many_missing", "low_maf", "hwe", "collinear",
                 "not_converged")
 COLUMNS = (
@@ -382,7 +382,8 @@ def _null_models(eigenvalues, cy_rot, cy_gram, n, trace_ratio, max_iter):
     for p in range(cy_rot.shape[0]):
         data = chunk_criteria.null_data(eigenvalues, jnp.asarray(cy_rot[p]), jnp.asarray(cy_gram[p]),
                                         jnp.asarray(n, cy_rot.dtype))
-        lam, lam_mle, q, logl_remle, logl_mle, h = map(float, _null_fit(data, max_iter))
+        null_fit = executables.compiled(_null_fit, "null_fit", (data,), {"max_iter": max_iter})
+        lam, lam_mle, q, logl_remle, logl_mle, h = map(float, null_fit(data))
         s2_e = q / (n - c)
         out["lambda_remle"].append(lam)
         out["lambda_mle"].append(lam_mle)
@@ -643,7 +644,7 @@ def scan_chunks(prepared: PreparedScan, genotypes, start: int = 0, stop: int | N
     Chunks travel to the device in their own type (int8: a quarter of the bytes of float32) and are imputed there.
     """
     n, size = prepared.n, prepared.chunk_size
-    pending, offset = None, start
+    pending, offset, programs = None, start, {}
     for chunk in _column_chunks(genotypes, size, start, stop):
         if chunk.ndim != 2 or chunk.shape[0] != n:
             raise validate.InputError(f"genotype chunk at variant {offset + 1} has shape {chunk.shape}, expected ({n}, b)")
@@ -662,7 +663,13 @@ def scan_chunks(prepared: PreparedScan, genotypes, start: int = 0, stop: int | N
         with jax.enable_x64(True):
             if prepared.chunk_sharding is not None:
                 raw, excluded = jax.device_put((raw, excluded), prepared.chunk_sharding)
-            dispatched = prepared.fit_chunk(raw, excluded)  # asynchronous: runs while the next chunk is read
+                dispatched = prepared.fit_chunk(raw, excluded)  # asynchronous: runs while the next chunk is read
+            else:
+                if raw.dtype not in programs:  # kept between runs when a folder is set (jaxlmm.executables)
+                    fit = prepared.fit_chunk
+                    programs[raw.dtype] = executables.compiled(fit.func, "fit_chunk", (*fit.args, raw, excluded),
+                                                               fit.keywords)
+                dispatched = programs[raw.dtype](*prepared.fit_chunk.args, raw, excluded)
         if pending is not None:
             yield _collect(prepared, *pending)
         pending = (offset, b, hwe_failed, dispatched)
