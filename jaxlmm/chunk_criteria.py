@@ -241,7 +241,8 @@ def _derivatives_from_taylor(parts, data: ChunkData, method, shape):
     criterion run once on truncated Taylor series (:mod:`jaxlmm.series`), so they cost a few arrays of that shape
     per order."""
     c, p = data.shared.shape[1] - 1, data.shared.shape[1]
-    entries = {key: series.Series(tuple(jnp.broadcast_to(part[0][key], shape) for part in parts)) for key in parts[0][0]}
+    entries = {key: series.Series(tuple(jnp.broadcast_to(part[0][key], shape) for part in parts))
+               for key in parts[0][0]}
     logdet_h = series.Series(tuple(jnp.broadcast_to(part[1], shape) for part in parts))
     stats = project_covariates(entries, logdet_h, c)
     if isinstance(method, str):

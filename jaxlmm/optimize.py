@@ -231,15 +231,15 @@ def minimize_elementwise(
     evaluate_all = with_aux(forward_mode if derivatives is None else derivatives)
     step_tol = xtol if polish_xtol is None else max(xtol, polish_xtol)
 
-    def status(t, grad, curv, aux):
+    def status(t, grad, curv):
         at_lower = (t <= lower) & (grad > 0)
         at_upper = (t >= upper) & (grad < 0)
         small_step = (curv > 0) & (jnp.abs(newton_step(grad, curv)) <= step_tol)
         return (jnp.abs(grad) <= gtol) | small_step | at_lower | at_upper, at_lower | at_upper
 
-    def finished(t, grad, curv, aux):
+    def finished(t, grad, curv):
         """Converged, or hopeless (non-finite gradient): either way this element stops holding the batch."""
-        return status(t, grad, curv, aux)[0] | ~jnp.isfinite(grad)
+        return status(t, grad, curv)[0] | ~jnp.isfinite(grad)
 
     class Lanes(NamedTuple):
         """The per-element part of the loop state, (B,) each (or (K,) when gathered)."""
@@ -266,14 +266,14 @@ def minimize_elementwise(
         aux = jax.tree.map(lambda new, old: jnp.where(accept.reshape(accept.shape + (1,) * (new.ndim - 1)), new, old),
                            aux, lanes.aux)
         iterations = lanes.iterations + jnp.where(lanes.done, 0, 1)
-        done = finished(params, grad, curv, aux) | lanes.done | (iterations >= max_iter)
+        done = finished(params, grad, curv) | lanes.done | (iterations >= max_iter)
         step_scale = jnp.where(accept, 1.0, 0.25 * lanes.step_scale)
         return Lanes(params, value, grad, curv, iterations, done, step_scale, aux)
 
     size = params0.shape[0] if params0.ndim else 1
     params0 = jnp.clip(params0, lower, upper)
     value0, grad0, curv0, aux0 = evaluate_all(params0)
-    done0 = finished(params0, grad0, curv0, aux0)
+    done0 = finished(params0, grad0, curv0)
     if settled is not None:
         done0 = done0 | settled(value0, grad0, curv0)
     zero = jnp.zeros(params0.shape, jnp.int32)
@@ -287,7 +287,7 @@ def minimize_elementwise(
 
         final, _ = jax.lax.while_loop(lambda carry: (~jnp.all(carry[0].done)) & (carry[1] < max_iter), step,
                                       (initial, jnp.asarray(0)))
-    converged, at_bound = status(final.params, final.grad, final.curv, final.aux)
+    converged, at_bound = status(final.params, final.grad, final.curv)
     polish = jnp.zeros_like(final.params)
     if polish_xtol is not None:
         last = jnp.clip(final.params + newton_step(final.grad, final.curv), lower, upper) - final.params
@@ -316,8 +316,9 @@ def _gathered_loop(advance, evaluate_lanes, initial, k, max_iter):
 
     def unstack(matrix):
         rows = np.cumsum([0] + widths)
-        return jax.tree.unflatten(treedef, [matrix[a:b].T.reshape((matrix.shape[1],) + leaf.shape[1:]).astype(leaf.dtype)
-                                            for a, b, leaf in zip(rows[:-1], rows[1:], leaves)])
+        parts = [matrix[a:b].T.reshape((matrix.shape[1],) + leaf.shape[1:]).astype(leaf.dtype)
+                 for a, b, leaf in zip(rows[:-1], rows[1:], leaves)]
+        return jax.tree.unflatten(treedef, parts)
 
     done_row = list(initial._fields).index("done")  # params .. done are (B,) leaves ahead of aux
 

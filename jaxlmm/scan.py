@@ -48,7 +48,7 @@ LOG_LAMBDA_BOUNDS = (float(np.log(1e-5)), float(np.log(1e5)))
 GRID_POINTS = 16
 POLISH_XTOL = 1e-5  # last Newton step taken unevaluated when at most this long (leaves ~1e-10 in log lambda)
 QUINTIC_NEWTON_STEPS = 4  # refinements of a start on its interval's quintic (B-sized arithmetic)
-STRAGGLER_SHARE = 1 / 4  # after the first evaluation, Newton steps evaluate at most this share of a block's lanes at once
+STRAGGLER_SHARE = 1 / 4  # after the first evaluation, Newton steps evaluate at most this share of the lanes at once
 STATUS_CODES = ("ok", "monomorphic", "all_missing", "too_many_missing", "low_maf", "hwe", "collinear",
                 "not_converged")
 COLUMNS = (
@@ -117,11 +117,11 @@ def _hermite_start(points, values, grads, curvs):
     negative to positive, the minimum of the cubic matching value and gradient at both ends (Hermite), valued by
     that cubic. The lowest one is refined on the quintic that also matches the curvatures (its error shrinks as the
     interval's sixth power: about 1e-4 in log lambda on the scan's grid, against 1e-2 for the cubic), and is the
-    start (the best grid point when there is no interior candidate). Boundary candidates: an end of the search interval whose gradient points
-    outwards, valued exactly. Newton then refines the start, and :func:`_choose_boundary` keeps a boundary optimum
-    that beats the refined interior one (an interpolated estimate is not exact enough to choose between close
-    optima). Returns (start, boundary point, boundary value), each (B,); the boundary value is inf where neither
-    end is a local optimum."""
+    start (the best grid point when there is no interior candidate). Boundary candidates: an end of the search
+    interval whose gradient points outwards, valued exactly. Newton then refines the start, and
+    :func:`_choose_boundary` keeps a boundary optimum that beats the refined interior one (an interpolated estimate
+    is not exact enough to choose between close optima). Returns (start, boundary point, boundary value), each (B,);
+    the boundary value is inf where neither end is a local optimum."""
     h = (points[1:] - points[:-1])[:, None]  # (G-1, 1)
     fa, fb, da, db = values[:-1], values[1:], grads[:-1] * h, grads[1:] * h
     # the cubic on values and gradients, p(s) = a3 s^3 + a2 s^2 + da s + fa on s in [0, 1], has its minimum at

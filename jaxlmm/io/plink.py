@@ -55,8 +55,8 @@ def read_bim(path) -> Bim:
     line."""
     columns = _regular_columns(path, 6)
     if columns is not None:
-        return Bim(columns[0], columns[1], _numbers(path, columns[2], 3, float), _numbers(path, columns[3], 4, np.int64),
-                   columns[4], columns[5])
+        return Bim(columns[0], columns[1], _numbers(path, columns[2], 3, float),
+                   _numbers(path, columns[3], 4, np.int64), columns[4], columns[5])
     rows = [line.split() for line in _read_text(path).splitlines() if line.strip()]
     for i, row in enumerate(rows):
         if len(row) != 6:

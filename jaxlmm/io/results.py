@@ -5,8 +5,9 @@ p_lrt p_score``), then ours (:data:`EXTRA_COLUMNS`); one row per input variant, 
 
 Crash safety (:class:`ResumableTable`): rows go to ``PATH.partial``; after every chunk (in a writer thread) the file
 is flushed to disk and ``PATH.resume.json`` (rows and bytes committed, plus a fingerprint of the run's inputs and
-settings) is replaced atomically. A killed run leaves at most an uncommitted tail, which a resumed run cuts off before going on from the
-last committed row; the finished table is renamed to ``PATH`` only when complete, so ``PATH`` is never half written.
+settings) is replaced atomically. A killed run leaves at most an uncommitted tail, which a resumed run cuts off
+before going on from the last committed row; the finished table is renamed to ``PATH`` only when complete, so
+``PATH`` is never half written.
 """
 
 from __future__ import annotations
