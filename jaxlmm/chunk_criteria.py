@@ -250,17 +250,12 @@ def _derivatives_from_taylor(parts, data: ChunkData, method, shape):
     return criterion_by_lane(stats, data.n, p, method).terms
 
 
-def chunk_criterion_derivatives(log_ratio, data: ChunkData, method):
-    """(value, gradient, curvature) of :func:`chunk_criterion` in log lambda, each (B,); method "REML", "ML" or a
-    (B,) bool array choosing REML per lane (see :func:`criterion_by_lane`). The (m, B) passes give the Gram
-    entries' Taylor coefficients (:func:`_taylor_gram`), the rest is (B,)-sized arithmetic."""
-    return _derivatives_from_taylor(_taylor_gram(jnp.exp(log_ratio), data), data, method, log_ratio.shape)
-
-
 def chunk_criterion_expansion(log_ratio, data: ChunkData, method):
-    """(value, gradient, curvature, parts) in log lambda, each (B,): as :func:`chunk_criterion_derivatives`, plus
+    """(value, gradient, curvature, parts): the derivatives of :func:`chunk_criterion` in log lambda, each (B,), and
     the Gram entries' Taylor coefficients (``parts``, as :func:`_taylor_gram`) that :func:`extrapolated` carries to a
-    nearby point without another pass over the chunk."""
+    nearby point without another pass over the chunk. method: "REML", "ML" or a (B,) bool array choosing REML per
+    lane (see :func:`criterion_by_lane`). The (m, B) passes give the Taylor coefficients, the rest is (B,)-sized
+    arithmetic."""
     parts = _taylor_gram(jnp.exp(log_ratio), data)
     return (*_derivatives_from_taylor(parts, data, method, log_ratio.shape), parts)
 
