@@ -167,20 +167,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _enable_compilation_cache() -> None:
+def _enable_compilation_cache() -> str | None:
     """Keep compiled programs between runs (the scan compiles for ~10 s): JAX's compilation cache, and the scan's
     executables themselves (:mod:`jaxlmm.executables`). The CLI is its own process, so setting these here changes
-    nothing for library users. JAXLMM_CACHE_DIR overrides the place; empty disables."""
+    nothing for library users. JAXLMM_CACHE_DIR overrides the place; empty disables. Returns the folder for the
+    executables (None: disabled)."""
     import os
 
     import jax
 
-    from .executables import keep_in
-
     directory = os.environ.get("JAXLMM_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "jaxlmm", "xla"))
-    if directory:
-        jax.config.update("jax_compilation_cache_dir", directory)
-        keep_in(os.path.join(directory, "executables"))  # whole programs too: no tracing in a warm run
+    if not directory:
+        return None
+    jax.config.update("jax_compilation_cache_dir", directory)
+    return os.path.join(directory, "executables")  # whole programs too: no tracing in a warm run
 
 
 def main(argv=None) -> int:
@@ -188,10 +188,12 @@ def main(argv=None) -> int:
     process and keeps JAX's compilation cache; called with a list (from Python, e.g. tests) it changes no JAX
     setting of the calling program."""
     args = build_parser().parse_args(argv)
-    if argv is None:
-        _enable_compilation_cache()
+    from .executables import kept_in
+
+    executables = _enable_compilation_cache() if argv is None else None
     try:
-        return args.run(args)
+        with kept_in(executables):
+            return args.run(args)
     except InputError as err:
         print(f"jaxlmm {args.command}: error: {err}", file=sys.stderr)
         return 2

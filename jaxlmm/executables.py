@@ -38,11 +38,6 @@ def kept_in(folder):
         _FOLDER.reset(token)
 
 
-def keep_in(folder) -> None:
-    """For the rest of this context (the command line's process): keep executables in ``folder``."""
-    _FOLDER.set(None if folder is None else str(folder))
-
-
 def compiled(jitted, name: str, args: tuple, static: dict):
     """A callable running ``jitted(*args, **static)`` for arguments shaped like ``args`` (called with the arrays
     only): the kept executable when there is one, else compiled now (and kept when a folder is set), else, with no
