@@ -53,12 +53,7 @@ def compiled(jitted, name: str, args: tuple, static: dict):
             return serialize_executable.deserialize_and_load(*pickle.load(handle))
     except Exception:  # noqa: BLE001  absent, unreadable or made by another build: compile it again
         pass
-    previous = jax.config.jax_enable_compilation_cache
-    jax.config.update("jax_enable_compilation_cache", False)  # see below
-    try:
-        executable = jitted.trace(*args, **static).lower().compile()
-    finally:
-        jax.config.update("jax_enable_compilation_cache", previous)
+    executable = _compiled_afresh(jitted.trace(*args, **static).lower())
     try:  # keep it only if it round-trips: same outputs from the reloaded copy
         payload = serialize_executable.serialize(executable)
         reloaded = serialize_executable.deserialize_and_load(*payload)
@@ -70,6 +65,23 @@ def compiled(jitted, name: str, args: tuple, static: dict):
     except Exception:  # noqa: BLE001  keeping it is an optimization; the run goes on without
         pass
     return executable
+
+
+def _compiled_afresh(lowered):
+    """``lowered.compile()`` bypassing JAX's persistent compilation cache: on XLA:CPU (jaxlib 0.10) an executable
+    that JAX loaded from its cache serializes without its kernels (a reloaded copy fails with ``NOT_FOUND: Function
+    ... not found``). JAX decides once per process whether its cache is used, so turning the option off is not
+    enough: the cache is reset before (it then reads the option again) and after (it comes back as configured)."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    previous = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()
+    try:
+        return lowered.compile()
+    finally:
+        jax.config.update("jax_enable_compilation_cache", previous)
+        compilation_cache.reset_cache()
 
 
 def _same(a, b) -> bool:

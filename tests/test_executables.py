@@ -46,3 +46,41 @@ def test_nothing_is_kept_without_a_folder(tmp_path):
     program = executables.compiled(_program, "program", (x, y), {"power": 1})
     assert float(program(x, y)) == 3.0
     assert not list(tmp_path.iterdir())
+
+
+_SCRIPT = """
+import sys
+import jax, jax.numpy as jnp
+from jaxlmm import executables
+jax.config.update("jax_compilation_cache_dir", sys.argv[1])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+x, y = jnp.linspace(0.0, 1.0, 7), jnp.asarray(0.5)  # JAX settles here whether its cache is used
+def loop(x, y):
+    def body(carry):
+        i, v = carry
+        return i + 1, jnp.where(v > y, jnp.sin(v) * y, jnp.cos(v)) + i
+    return jax.lax.while_loop(lambda carry: carry[0] < 3, body, (0, x))[1].sum()
+with executables.kept_in(sys.argv[2]):
+    print(float(executables.compiled(jax.jit(loop), "program", (x, y), {})(x, y)))
+"""
+
+
+def test_kept_even_when_jax_has_the_program_cached(tmp_path):
+    """A program already in JAX's persistent cache is kept all the same (compiled afresh): an executable that JAX
+    loaded from its cache would serialize without its kernels on XLA:CPU. Here the second folder stands for a new
+    key (an edited jaxlmm source file) over an unchanged program."""
+    import subprocess
+    import sys
+
+    def run(folder):
+        done = subprocess.run([sys.executable, "-c", _SCRIPT, str(tmp_path / "jax"), str(tmp_path / folder)],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return float(done.stdout)
+
+    expected = run("first")
+    assert len(list((tmp_path / "first").glob("program-*.pickle"))) == 1
+    assert run("second") == expected
+    assert len(list((tmp_path / "second").glob("program-*.pickle"))) == 1
+    assert run("second") == expected  # the kept one, loaded
