@@ -199,5 +199,22 @@ def main(argv=None) -> int:
         return 2
 
 
+def command() -> None:
+    """The installed ``jaxlmm`` command and ``python -m jaxlmm.cli``: :func:`main`, then the process ends at once.
+
+    By then every output is closed (tables published, logs and plots written); the standard streams are flushed
+    here. Skipped is only the teardown that Python and JAX would do next, which frees the XLA client, its programs
+    and every module one by one: ~0.45 s of a ~4 s mouse HS1940 scan, for nothing. Errors that escape :func:`main`
+    and --distributed runs (JAX shuts its coordination down at exit) take the normal way out."""
+    code = main()
+    if "jax" in sys.modules and sys.modules["jax"].distributed.is_initialized():
+        sys.exit(code)
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    command()
