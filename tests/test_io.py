@@ -16,7 +16,7 @@ from jaxlmm.io.results import HEADER, ResumableTable
 from test_plink_and_cli_scan import write_plink
 
 
-@pytest.mark.parametrize("n", [1, 5, 6, 7, 8, 13])
+@pytest.mark.parametrize("n", [1, 5, 6, 7, 8, 10, 13, 501])  # bytes per variant odd and even
 def test_bed_any_sample_count_with_missing_calls(tmp_path, rng, n):
     genotypes = rng.integers(0, 3, size=(n, 9)).astype(float)
     genotypes[rng.random((n, 9)) < 0.2] = np.nan
@@ -25,6 +25,7 @@ def test_bed_any_sample_count_with_missing_calls(tmp_path, rng, n):
     assert reader.shape == (n, 9)
     np.testing.assert_array_equal(reader[:, :], genotypes)
     np.testing.assert_array_equal(reader[:, 3:7], genotypes[:, 3:7])
+    np.testing.assert_array_equal(reader[:, np.array([8, 0, 4])], genotypes[:, [8, 0, 4]])
     rows = np.arange(n) % 2 == 0
     np.testing.assert_array_equal(reader[rows, 2:5], genotypes[rows][:, 2:5])
     counts = reader.counts((rows, slice(2, 5)))  # int8, -1 where missing

