@@ -208,3 +208,22 @@ def test_settled_elements_stop_after_the_first_evaluation():
     np.testing.assert_array_equal(result.iterations == 0, [False, True, False])
     np.testing.assert_array_equal(result.converged, [True, False, True])
     assert float(result.params[1]) == 0.0
+
+
+def test_search_grid_is_dense_near_the_null_model_and_ends_most_fits_at_their_first_evaluation():
+    """Points at +- NEAR_NULL_OFFSETS around the null model's log lambdas (clipped to the interval, ascending), so
+    variants that explain little, most of a scan, start within the polish threshold and need no Newton step."""
+    lo, hi = scan_module.LOG_LAMBDA_BOUNDS
+    grid = scan_module._search_grid(jnp.asarray(-0.35), jnp.asarray(hi))
+    assert bool(jnp.all(jnp.diff(grid) >= 0)) and float(grid[0]) == lo and float(grid[-1]) == hi
+    for offset in (0.0, *scan_module.NEAR_NULL_OFFSETS, *(-d for d in scan_module.NEAR_NULL_OFFSETS)):
+        assert float(jnp.min(jnp.abs(grid - (-0.35 + offset)))) < 1e-12
+    rng = np.random.default_rng(3)
+    n, m = 400, 300
+    relatives = rng.binomial(2, 0.3, size=(n, 2000)).astype(float)
+    relatives -= relatives.mean(axis=0)
+    kinship = relatives @ relatives.T / 2000
+    y = rng.multivariate_normal(np.zeros(n), 0.6 * kinship + 0.4 * np.eye(n))
+    genotypes = rng.binomial(2, rng.uniform(0.1, 0.5, m), size=(n, m)).astype(float)
+    iterations = scan_module.scan(y, genotypes, kinship=kinship).columns["iterations"]
+    assert np.mean(iterations == 0) > 0.95
