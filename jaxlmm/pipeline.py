@@ -347,7 +347,7 @@ def run_scan(config: ScanConfig, on_chunk: Callable[[int, int], None] | None = N
     if on_chunk is not None and written > reported:
         on_chunk(written, stop - start)
     prefix = path[: -len(".assoc.tsv")]  # out, or out.part{i}of{n}
-    results = read_table(path)
+    results = read_table(path, ("chr", "ps", "p_wald", "status") if config.plots else ("p_wald", "status"))
     ok = results["status"] == "ok"
     lines += [
         f"variants in: {stop - start}" + (f" (part {config.part} of {m})" if config.part else "")

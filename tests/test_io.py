@@ -12,7 +12,7 @@ from jaxlmm.io import tables
 from jaxlmm.io.bimbam import BimbamReader
 from jaxlmm.io.kinship_files import read_kinship, write_kinship
 from jaxlmm.io.plink import BedReader
-from jaxlmm.io.results import HEADER, ResumableTable
+from jaxlmm.io.results import HEADER, ResumableTable, read_table
 from test_plink_and_cli_scan import write_plink
 
 
@@ -169,3 +169,14 @@ def test_resumable_table_reports_a_writer_error_in_the_caller(tmp_path):
     with pytest.raises(InputError, match="disk full"):
         table.finish()
     assert not (tmp_path / "e.assoc.tsv").exists()
+
+
+def test_read_table_reads_all_columns_or_the_ones_asked_for(tmp_path):
+    path = tmp_path / "t.assoc.tsv"
+    row = ["1", "rs1", "100", "0", "A", "G"] + ["1.000000e-01"] * 15 + ["1", "0", "ok"]
+    path.write_text(HEADER + "\t".join(row) + "\n" + "\t".join(row[:-1] + ["monomorphic"]) + "\n")
+    full = read_table(path)
+    assert list(full.columns) == HEADER.split() and full["rs"].tolist() == ["rs1", "rs1"]
+    few = read_table(path, ("p_wald", "status"))
+    assert list(few.columns) == ["p_wald", "status"]
+    assert few["status"].tolist() == ["ok", "monomorphic"] and few["p_wald"].tolist() == [0.1, 0.1]
