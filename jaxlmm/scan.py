@@ -394,8 +394,8 @@ def _null_models(eigenvalues, cy_rot, cy_gram, n, trace_ratio, max_iter):
     out = {k: [] for k in NullModel._fields}
     c = cy_rot.shape[2] - 1
     for p in range(cy_rot.shape[0]):
-        data = chunk_criteria.null_data(eigenvalues, jnp.asarray(cy_rot[p]), jnp.asarray(cy_gram[p]),
-                                        jnp.asarray(n, cy_rot.dtype))
+        data = chunk_criteria.null_data(eigenvalues, cy_rot[p], cy_gram[p], np.asarray(n, cy_rot.dtype))  # numpy:
+        # host arithmetic, where eager JAX operations would each compile once per process
         null_fit = executables.compiled(_null_fit, "null_fit", (data,), {"max_iter": max_iter})
         lam, lam_mle, q, logl_remle, logl_mle, h = map(float, null_fit(data))
         s2_e = q / (n - c)
@@ -626,22 +626,23 @@ def _prepare_validated(Y, cov, term, basis, mode, chunk_size, min_maf, max_missi
     n, c = cov.shape
     trace_ratio = structure.mean_kernel_diagonal(term)
     cy = np.concatenate([np.broadcast_to(cov, (Y.shape[1], n, c)), Y.T[:, :, None]], axis=2)  # (P, n, c+1)
-    cy_rot = np.asarray(structure.rotate(basis, jnp.asarray(cy.transpose(1, 0, 2).reshape(n, -1)))).reshape(
+    # host arrays go to the device with device_put: jnp.asarray compiles a program per shape in every process
+    cy_rot = np.asarray(structure.rotate(basis, jax.device_put(cy.transpose(1, 0, 2).reshape(n, -1)))).reshape(
         -1, Y.shape[1], c + 1).transpose(1, 0, 2)  # (P, m, c+1)
     cy_gram = np.einsum("pni,pnj->pij", cy, cy) - np.einsum("pmi,pmj->pij", cy_rot, cy_rot)
     null = _null_models(structure.eigenvalues(basis), cy_rot, cy_gram, n, trace_ratio, max_iter)
-    shared = _Shared(
-        eigenvalues=structure.eigenvalues(basis), cov_rot=jnp.asarray(cy_rot[0, :, :c]),
-        y_rot=jnp.asarray(cy_rot[:, :, c].T), cov=jnp.asarray(cov), Y=jnp.asarray(Y), cy_null_gram=jnp.asarray(cy_gram),
-        null_log_lambda_remle=jnp.log(jnp.asarray(null.lambda_remle)),
-        null_log_lambda_mle=jnp.log(jnp.asarray(null.lambda_mle)),
-        null_logl_mle=jnp.asarray(null.logl_mle), trace_ratio=jnp.asarray(trace_ratio),
-    )
+    shared = jax.device_put(_Shared(
+        eigenvalues=structure.eigenvalues(basis), cov_rot=np.ascontiguousarray(cy_rot[0, :, :c]),
+        y_rot=np.ascontiguousarray(cy_rot[:, :, c].T), cov=cov, Y=Y, cy_null_gram=cy_gram,
+        null_log_lambda_remle=np.log(null.lambda_remle), null_log_lambda_mle=np.log(null.lambda_mle),
+        null_logl_mle=null.logl_mle, trace_ratio=np.asarray(trace_ratio, np.float64),
+    ))
     chunk_sharding, replicated, width, block = _device_placement(chunk_size, int(structure.eigenvalues(basis).shape[0]))
     if replicated is not None:
         basis, shared = jax.device_put((basis, shared), replicated)
     rotation_basis = jax.tree.map(
-        lambda a: a.astype(rotation_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, basis)
+        lambda a: a.astype(rotation_dtype) if jnp.issubdtype(a.dtype, jnp.floating) and a.dtype != rotation_dtype
+        else a, basis)
     fit = partial(_fit_chunk, rotation_basis, shared, c=c, exact=mode == "exact", max_iter=max_iter,
                   rotation_dtype=jnp.dtype(rotation_dtype), block=block, min_maf=float(min_maf),
                   max_missing=float(max_missing))

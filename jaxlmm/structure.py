@@ -125,7 +125,7 @@ def spectral_basis(term: RandomTerm):
     values, vectors = np.linalg.eigh(kernel(term))
     validate.positive_semidefinite(values, term.name)
     keep = values > EIGENVALUE_RTOL * max(values.max(), 0.0)
-    return EigenBasis(jnp.asarray(vectors[:, keep]), jnp.asarray(values[keep]))
+    return EigenBasis(*jax.device_put((vectors[:, keep], values[keep])))  # no per-shape program, as jnp.asarray
 
 
 def eigenvalues(basis) -> jnp.ndarray:
