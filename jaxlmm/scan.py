@@ -660,6 +660,7 @@ def scan_chunks(prepared: PreparedScan, genotypes, start: int = 0, stop: int | N
     """
     n, size = prepared.n, prepared.chunk_size
     pending, offset, programs = None, start, {}
+    _import_in_background("scipy.special")  # for _p_values; 0.15 s, while the first chunk is loaded and fitted
     for chunk in _column_chunks(genotypes, size, start, stop):
         if chunk.ndim != 2 or chunk.shape[0] != n:
             raise validate.InputError(f"genotype chunk at variant {offset + 1} has shape {chunk.shape}, expected ({n}, b)")
@@ -691,6 +692,16 @@ def scan_chunks(prepared: PreparedScan, genotypes, start: int = 0, stop: int | N
         offset += b
     if pending is not None:
         yield _collect(prepared, *pending)
+
+
+def _import_in_background(module: str) -> None:
+    """Start importing a module in a daemon thread (an ``import`` of it elsewhere waits for that one to finish)."""
+    import importlib
+    import sys
+    import threading
+
+    if module not in sys.modules:
+        threading.Thread(target=importlib.import_module, args=(module,), daemon=True).start()
 
 
 def _p_values(statistics: dict, df: int) -> dict:
