@@ -22,9 +22,10 @@ decomposing it; ``center_kinship=True`` (the default) does the same. REML fits (
 it when the model has an intercept; ML fits, LRT, score tests and the pve scale ``tr(K)/n`` follow the centred matrix.
 
 lambda = s2_g / s2_e is searched on GEMMA's interval [1e-5, 1e5]: a 10-point log grid (plus the null model's
-lambdas and points 0.2 and 0.5 either side of them, where most variants' optima lie) with criteria, gradients and curvatures picks the starting point (:func:`_hermite_start`), so a multimodal
-criterion does not trap the search; Newton steps refine it (most variants need one evaluation, at the start; the few
-that need more are iterated by themselves); an optimum beyond the interval is reported at its end, as GEMMA does.
+lambdas and points 0.2 and 0.5 either side of them, where most variants' optima lie) with criteria, gradients and
+curvatures picks the starting point (:func:`_hermite_start`), so a multimodal criterion does not trap the search;
+Newton steps refine it (most variants need one evaluation, at the start; the few that need more are iterated by
+themselves); an optimum beyond the interval is reported at its end, as GEMMA does.
 The statistics at the optimum are carried from the last evaluation's Taylor coefficients over the final short step
 (:func:`jaxlmm.chunk_criteria.extrapolated`), so no pass over the chunk is spent on them.
 
@@ -394,8 +395,8 @@ def _null_models(eigenvalues, cy_rot, cy_gram, n, trace_ratio, max_iter):
     out = {k: [] for k in NullModel._fields}
     c = cy_rot.shape[2] - 1
     for p in range(cy_rot.shape[0]):
-        data = chunk_criteria.null_data(eigenvalues, cy_rot[p], cy_gram[p], np.asarray(n, cy_rot.dtype))  # numpy:
-        # host arithmetic, where eager JAX operations would each compile once per process
+        # numpy in: host arithmetic, where eager JAX operations would each compile a program once per process
+        data = chunk_criteria.null_data(eigenvalues, cy_rot[p], cy_gram[p], np.asarray(n, cy_rot.dtype))
         null_fit = executables.compiled(_null_fit, "null_fit", (data,), {"max_iter": max_iter})
         lam, lam_mle, q, logl_remle, logl_mle, h = map(float, null_fit(data))
         s2_e = q / (n - c)
