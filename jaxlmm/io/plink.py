@@ -16,8 +16,7 @@ from ..validate import InputError
 
 BED_MAGIC = bytes([0x6C, 0x1B])
 SNP_MAJOR = 0x01
-_CODE_VALUES = np.array([2.0, np.nan, 1.0, 0.0], dtype=np.float32)  # exact in float32: half the bytes to move
-_CODE_COUNTS = np.array([2, -1, 1, 0], dtype=np.int8)  # the same as counts, -1 missing: a quarter of the bytes
+_CODE_COUNTS = np.array([2, -1, 1, 0], dtype=np.int8)  # count of A1 per 2-bit code, -1 missing (int8: 1 byte each)
 _BYTE_CODES = (np.arange(256)[:, None] >> (2 * np.arange(4))[None, :]) & 0b11  # (256, 4): the codes in each byte
 _PAIR = np.arange(1 << 16)
 # every pair of bytes (read as one little-endian uint16) -> the counts of its 8 samples as one uint64: decoding is
