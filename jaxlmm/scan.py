@@ -394,10 +394,12 @@ def _null_models(eigenvalues, cy_rot, cy_gram, n, trace_ratio, max_iter):
     """REML and ML null fits per phenotype from U'[C y] (P, m, c+1) and [C y]'(I - UU')[C y] (P, c+1, c+1)."""
     out = {k: [] for k in NullModel._fields}
     c = cy_rot.shape[2] - 1
+    null_fit = None  # one program for every phenotype (same shapes)
     for p in range(cy_rot.shape[0]):
         # numpy in: host arithmetic, where eager JAX operations would each compile a program once per process
         data = chunk_criteria.null_data(eigenvalues, cy_rot[p], cy_gram[p], np.asarray(n, cy_rot.dtype))
-        null_fit = executables.compiled(_null_fit, "null_fit", (data,), {"max_iter": max_iter})
+        if null_fit is None:
+            null_fit = executables.compiled(_null_fit, "null_fit", (data,), {"max_iter": max_iter})
         lam, lam_mle, q, logl_remle, logl_mle, h = map(float, null_fit(data))
         s2_e = q / (n - c)
         out["lambda_remle"].append(lam)
