@@ -354,9 +354,8 @@ def _fit_chunk(rotation_basis, shared: _Shared, raw, excluded, *, c, exact, max_
             optima = jnp.where(edge, boundary, fit.params)
             # statistics at the optima without another pass: the last evaluation's expansion carried over the
             # polishing step, or the exact grid values at the chosen end
-            at_edge = chunk_criteria.Projected(*(jnp.concatenate([jnp.where(boundary[:b] > 0, f[3], f[2]),
-                                                                   jnp.where(boundary[b:] > 0, f[3], f[2])])
-                                                 for f in at_points))
+            at_edge = chunk_criteria.Projected(*(jnp.where(boundary.reshape(2, b) > 0, f[3], f[2]).reshape(-1)
+                                                 for f in at_points))  # (REML, ML) x variants
             final = chunk_criteria.Projected(*(jnp.where(edge, e, f) for e, f in zip(
                 at_edge, chunk_criteria.extrapolated(fit.aux, fit.polish, c))))
             t_remle, t_mle = optima[:b], optima[b:]
@@ -644,8 +643,7 @@ def _prepare_validated(Y, cov, term, basis, mode, chunk_size, min_maf, max_missi
     if replicated is not None:
         basis, shared = jax.device_put((basis, shared), replicated)
     rotation_basis = jax.tree.map(
-        lambda a: a.astype(rotation_dtype) if jnp.issubdtype(a.dtype, jnp.floating) and a.dtype != rotation_dtype
-        else a, basis)
+        lambda a: a.astype(rotation_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, basis)
     fit = partial(_fit_chunk, rotation_basis, shared, c=c, exact=mode == "exact", max_iter=max_iter,
                   rotation_dtype=jnp.dtype(rotation_dtype), block=block, min_maf=float(min_maf),
                   max_missing=float(max_missing))
