@@ -187,13 +187,13 @@ def chunk_criterion(log_ratio, data: ChunkData, method: str):
     return criterion(projected(jnp.exp(log_ratio), data), data.n, data.shared.shape[1], method)
 
 
-def _taylor_gram(ratio, data: ChunkData, order: int = 2):
-    """Gram entries and log|H| of every variant with their derivatives in t = log ratio up to ``order`` (2 or 3).
+def _taylor_gram(ratio, data: ChunkData):
+    """Gram entries and log|H| of every variant with their first and second derivatives in t = log ratio.
 
     With ``w = 1 / (1 + ratio s)``, ``dw/dt = w (w - 1)``, so each derivative of an entry is the same weighted sum
-    with other weights (:func:`_taylor_weights`). Returns order + 1 (entries, logdet_h) pairs: value, first, second
-    (and third) derivative (null parts in the value only)."""
-    weights, logdets = _taylor_weights(data.eigenvalues[:, None] * ratio[None, :], order)  # (m, B) each
+    with other weights (:func:`_taylor_weights`). Returns three (entries, logdet_h) pairs: value, first and second
+    derivative (null parts in the value only)."""
+    weights, logdets = _taylor_weights(data.eigenvalues[:, None] * ratio[None, :])  # (m, B) each
     zero = _without_null_parts(data)
     parts = []
     for k, w in enumerate(weights):  # separate products: XLA:CPU runs a stacked (m, 3B) version 4x slower
@@ -204,18 +204,14 @@ def _taylor_gram(ratio, data: ChunkData, order: int = 2):
     return parts
 
 
-def _taylor_weights(lam_s, order: int = 2):
-    """lam_s: (m, ...) ratio x eigenvalue. Returns the weights ``w = 1 / (1 + lam_s)`` and their derivatives in
-    t = log ratio up to ``order`` (2 or 3), and log|H| = sum log(1 + lam_s) over the first axis with its derivatives
-    up to the same order: with ``w1 = dw/dt = w (w - 1)``, ``d2w/dt2 = (2w - 1) w1``, ``d3w/dt3 = (6w^2 - 6w + 1) w1``;
-    ``d log|H| / dt = sum (1 - w)``, and each further derivative is minus the sum of the previous weight
-    derivative."""
+def _taylor_weights(lam_s):
+    """lam_s: (m, ...) ratio x eigenvalue. Returns the weights ``w = 1 / (1 + lam_s)`` with their first and second
+    derivatives in t = log ratio, ``w1 = dw/dt = w (w - 1)`` and ``d2w/dt2 = (2w - 1) w1``, and log|H| =
+    sum log(1 + lam_s) over the first axis with its derivatives ``sum (1 - w)`` and ``-sum w1``."""
     w = 1.0 / (1.0 + lam_s)
     w1 = w * (w - 1.0)
-    weights = (w, w1, (2.0 * w - 1.0) * w1, (6.0 * w * (w - 1.0) + 1.0) * w1)[: order + 1]
-    logdets = (jnp.sum(jnp.log1p(lam_s), axis=0), jnp.sum(1.0 - w, axis=0),
-               *(-jnp.sum(v, axis=0) for v in weights[1:order]))
-    return weights, logdets
+    logdets = (jnp.sum(jnp.log1p(lam_s), axis=0), jnp.sum(1.0 - w, axis=0), -jnp.sum(w1, axis=0))
+    return (w, w1, (2.0 * w - 1.0) * w1), logdets
 
 
 def _without_null_parts(data: ChunkData) -> ChunkData:
@@ -273,7 +269,7 @@ def grid_criterion_derivatives(log_ratios, data: ChunkData, methods=("REML", "ML
     (m, G) matrix, so this is a few matrix products (as :func:`grid_gram`), not passes over (m, B) arrays per
     point; the methods share them."""
     m, b = data.x.shape
-    taylor, logdets = _taylor_weights(data.eigenvalues[:, None] * jnp.exp(log_ratios)[None, :], 2)  # (m, G) each
+    taylor, logdets = _taylor_weights(data.eigenvalues[:, None] * jnp.exp(log_ratios)[None, :])  # (m, G) each
     weights = jnp.concatenate(taylor, axis=1)  # (m, 3G)
     g = log_ratios.shape[0]
     shared_x = (data.shared[:, :, None] * data.x[:, None, :]).reshape(m, -1)  # (m, (c+1) B)
