@@ -708,14 +708,16 @@ def _import_in_background(module: str) -> None:
 def _p_values(statistics: dict, df: int) -> dict:
     """p_wald, p_lrt, p_score from the Wald, LRT and score statistics (F(1, df), chi-square(1), F(1, df)).
 
-    On the host with scipy's incomplete beta and chi-square functions (cephes, accurate far into the tail): the same
-    values as :mod:`jaxlmm.pvalues`, and on CPU a fifth of the device time of a chunk fit at N = 500 moves off the
-    critical path (JAX's betainc costs ~5 us per value)."""
-    from scipy.special import chdtrc, fdtrc
+    On the host with scipy's incomplete beta and complementary error functions (cephes, accurate far into the
+    tail), the same formulas as :mod:`jaxlmm.pvalues`: on CPU a fifth of the device time of a chunk fit at N = 500
+    moves off the critical path (JAX's betainc costs ~5 us per value). The chi-square(1) tail is
+    ``erfc(sqrt(x / 2))``: scipy's ``chdtrc`` (incomplete gamma) takes 0.5 us per value, 0.28 s of a
+    300,000-variant scan, erfc a hundredth of that (they agree to 2e-13 relative down to 1e-300)."""
+    from scipy.special import erfc, fdtrc
 
     with np.errstate(invalid="ignore"):
         return {"p_wald": fdtrc(1.0, df, np.maximum(statistics["wald"], 0.0)),
-                "p_lrt": chdtrc(1.0, np.maximum(statistics["lrt"], 0.0)),
+                "p_lrt": erfc(np.sqrt(0.5 * np.maximum(statistics["lrt"], 0.0))),
                 "p_score": fdtrc(1.0, df, np.maximum(statistics["score"], 0.0))}
 
 

@@ -227,3 +227,21 @@ def test_search_grid_is_dense_near_the_null_model_and_ends_most_fits_at_their_fi
     genotypes = rng.binomial(2, rng.uniform(0.1, 0.5, m), size=(n, m)).astype(float)
     iterations = scan_module.scan(y, genotypes, kinship=kinship).columns["iterations"]
     assert np.mean(iterations == 0) > 0.95
+
+
+def test_host_p_values_match_the_jax_reference_distributions_far_into_the_tail():
+    """The scan's host p-values (scipy: fdtrc, erfc) against :mod:`jaxlmm.pvalues` (JAX) and scipy's incomplete
+    gamma chi-square tail, for statistics from 0 to 1,400 (p down to ~1e-305); negative statistics count as 0."""
+    from scipy.special import chdtrc
+
+    from jaxlmm.pvalues import chi2_1_sf, f1_sf
+
+    statistic = np.concatenate([[-1.0, 0.0], np.logspace(-8, np.log10(1400.0), 400)])
+    host = scan_module._p_values({"wald": statistic, "lrt": statistic, "score": statistic}, 498)
+    with jax.enable_x64(True):
+        chi2, f1 = np.asarray(chi2_1_sf(jnp.asarray(statistic))), np.asarray(f1_sf(jnp.asarray(statistic), 498.0))
+    np.testing.assert_allclose(host["p_lrt"], chi2, rtol=1e-12)
+    np.testing.assert_allclose(host["p_lrt"], chdtrc(1.0, np.maximum(statistic, 0.0)), rtol=1e-12)
+    np.testing.assert_allclose(host["p_wald"], f1, rtol=1e-9)  # JAX's betainc: ~1e-10 relative
+    np.testing.assert_array_equal(host["p_wald"], host["p_score"])
+    assert host["p_lrt"][0] == host["p_lrt"][1] == 1.0 and 0.0 < host["p_lrt"][-1] < 1e-300
