@@ -7,6 +7,10 @@ the program's name and static arguments, the shapes, dtypes and shardings of its
 jax and jaxlib, the backend and device kind, ``XLA_FLAGS``, and a hash of jaxlmm's own source files (so an edited
 or upgraded jaxlmm never runs an old program). A file that cannot be read back is replaced.
 
+At most :data:`KEPT_PER_PROGRAM` executables are kept per program name (a fit_chunk program is ~2 MB), the least
+recently used removed first, so an upgraded jaxlmm or many datasets of other sizes do not grow the folder without
+bound.
+
 Nothing is kept unless a folder is given (:func:`kept_in`); the command line gives one (beside JAX's cache), the
 library by default does not: importing jaxlmm changes no setting. Multi-process runs (``jax.distributed``) and
 chunks sharded over several devices are not kept.
@@ -25,6 +29,7 @@ from pathlib import Path
 
 import jax
 
+KEPT_PER_PROGRAM = 16
 _FOLDER: contextvars.ContextVar = contextvars.ContextVar("jaxlmm_executables", default=None)
 
 
@@ -50,7 +55,9 @@ def compiled(jitted, name: str, args: tuple, static: dict):
 
     try:
         with open(path, "rb") as handle:
-            return serialize_executable.deserialize_and_load(*pickle.load(handle))
+            loaded = serialize_executable.deserialize_and_load(*pickle.load(handle))
+        os.utime(path)  # its last use, for eviction
+        return loaded
     except Exception:  # noqa: BLE001  absent, unreadable or made by another build: compile it again
         pass
     executable = _compiled_afresh(jitted.trace(*args, **static).lower())
@@ -62,9 +69,23 @@ def compiled(jitted, name: str, args: tuple, static: dict):
             with tempfile.NamedTemporaryFile("wb", dir=path.parent, delete=False, suffix=".tmp") as handle:
                 pickle.dump(payload, handle)
             os.replace(handle.name, path)
+            _evict(path.parent, name)
     except Exception:  # noqa: BLE001  keeping it is an optimization; the run goes on without
         pass
     return executable
+
+
+def _evict(folder: Path, name: str) -> None:
+    """Remove all but the :data:`KEPT_PER_PROGRAM` most recently used executables of program ``name``."""
+    def last_use(path):
+        try:
+            return path.stat().st_mtime
+        except OSError:  # removed meanwhile by another process
+            return 0.0
+
+    kept = sorted(folder.glob(f"{name}-*.pickle"), key=last_use, reverse=True)
+    for path in kept[KEPT_PER_PROGRAM:]:
+        path.unlink(missing_ok=True)
 
 
 def _compiled_afresh(lowered):

@@ -84,3 +84,27 @@ def test_kept_even_when_jax_has_the_program_cached(tmp_path):
     assert run("second") == expected
     assert len(list((tmp_path / "second").glob("program-*.pickle"))) == 1
     assert run("second") == expected  # the kept one, loaded
+
+
+def test_least_recently_used_executables_are_removed_beyond_the_limit(tmp_path, monkeypatch):
+    """With room for two programs of a name, a third removes the one used least recently (loading counts as use);
+    programs of other names are not touched."""
+    import os
+    import time
+
+    monkeypatch.setattr(executables, "KEPT_PER_PROGRAM", 2)
+    x, y = jnp.ones(3), jnp.asarray(1.0)
+    with executables.kept_in(tmp_path):
+        for power in (1, 2):
+            executables.compiled(_program, "program", (x, y), {"power": power})
+        executables.compiled(_program, "other", (x, y), {"power": 1})
+        first, second = (tmp_path / f"program-{executables._key('program', (x, y), {'power': power})}.pickle"
+                         for power in (1, 2))
+        past = time.time() - 100
+        os.utime(first, (past, past))
+        os.utime(second, (past - 50, past - 50))  # the second is now the older one ...
+        executables.compiled(_program, "program", (x, y), {"power": 1})  # ... and the first is used again
+        executables.compiled(_program, "program", (x, y), {"power": 3})
+    kept = set(tmp_path.glob("program-*.pickle"))
+    assert len(kept) == 2 and first in kept and second not in kept
+    assert len(list(tmp_path.glob("other-*.pickle"))) == 1
