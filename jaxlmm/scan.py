@@ -35,6 +35,8 @@ Modes: ``"exact"`` re-estimates lambda per variant; ``"null"`` keeps the null mo
 
 from __future__ import annotations
 
+import collections
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Iterable, Iterator, NamedTuple
 
@@ -650,49 +652,73 @@ def _prepare_validated(Y, cov, term, basis, mode, chunk_size, min_maf, max_missi
     return PreparedScan(null, n, c, Y.shape[1], chunk_size, min_maf, max_missing, fit, chunk_sharding, width)
 
 
+CONCURRENT_CHUNKS_CPU = 2  # chunk fits running at once on CPU (one thread each)
+
+
 def scan_chunks(prepared: PreparedScan, genotypes, start: int = 0, stop: int | None = None) -> Iterator[ScanChunk]:
     """Fit and test variants start .. stop - 1 of genotypes, one :class:`ScanChunk` per chunk of
-    ``prepared.chunk_size`` variants, in order. The next chunk is read and dispatched while the previous one is
+    ``prepared.chunk_size`` variants, in order. The next chunks are read and dispatched while earlier ones are
     fitted. Results of a variant do not depend on start/stop when start is a multiple of the chunk size.
 
     genotypes: (n, M) array-like with column slicing (start/stop apply), or an iterable of (n, b) chunks; floats
     with NaN for missing values, or integers (e.g. int8 allele counts) with negative numbers for missing values.
     Chunks travel to the device in their own type (int8: a quarter of the bytes of float32) and are imputed there.
+
+    On CPU, :data:`CONCURRENT_CHUNKS_CPU` chunks are fitted at once, each launched from its own thread: XLA:CPU runs
+    the launches of one thread one after the other, and much of a chunk's fit is a chain of operations that each
+    keep one core busy (N = 500, 2 cores: 10.5 -> 9.8 ms per 512-variant chunk).
     """
     n, size = prepared.n, prepared.chunk_size
-    pending, offset, programs = None, start, {}
+    pending, offset, programs = collections.deque(), start, {}
+    concurrent = 1 if prepared.chunk_sharding is not None or jax.devices()[0].platform != "cpu" else \
+        CONCURRENT_CHUNKS_CPU
+    launcher = ThreadPoolExecutor(concurrent, thread_name_prefix="jaxlmm-chunk") if concurrent > 1 else None
     _import_in_background("scipy.special")  # for _p_values; 0.15 s, while the first chunk is loaded and fitted
-    for chunk in _column_chunks(genotypes, size, start, stop):
-        if chunk.ndim != 2 or chunk.shape[0] != n:
-            raise validate.InputError(f"genotype chunk at variant {offset + 1} has shape {chunk.shape}, expected ({n}, b)")
-        b = chunk.shape[1]
-        excluded = np.ones(prepared.width, bool)
-        excluded[:b] = False
-        hwe_failed = np.zeros(b, bool)
-        if prepared.min_hwe_p > 0:
-            from .hwe import hwe_exact_pvalues
+    try:
+        for chunk in _column_chunks(genotypes, size, start, stop):
+            if chunk.ndim != 2 or chunk.shape[0] != n:
+                raise validate.InputError(f"genotype chunk at variant {offset + 1} has shape {chunk.shape}, "
+                                          f"expected ({n}, b)")
+            b = chunk.shape[1]
+            excluded = np.ones(prepared.width, bool)
+            excluded[:b] = False
+            hwe_failed = np.zeros(b, bool)
+            if prepared.min_hwe_p > 0:
+                from .hwe import hwe_exact_pvalues
 
-            hwe_failed = hwe_exact_pvalues(_with_nan(chunk, float)) < prepared.min_hwe_p  # NaN (none) never fails
-            excluded[:b] = hwe_failed
-        compact = chunk.dtype if chunk.dtype.kind in "iu" else np.result_type(chunk.dtype, np.float32)
-        raw = np.zeros((n, prepared.width), compact)  # int8 / float32 travel as they are, widened on the device
-        raw[:, :b] = chunk
-        with jax.enable_x64(True):
-            if prepared.chunk_sharding is not None:
-                raw, excluded = jax.device_put((raw, excluded), prepared.chunk_sharding)
-                dispatched = prepared.fit_chunk(raw, excluded)  # asynchronous: runs while the next chunk is read
-            else:
-                if raw.dtype not in programs:  # kept between runs when a folder is set (jaxlmm.executables)
-                    fit = prepared.fit_chunk
-                    programs[raw.dtype] = executables.compiled(fit.func, "fit_chunk", (*fit.args, raw, excluded),
-                                                               fit.keywords)
-                dispatched = programs[raw.dtype](*prepared.fit_chunk.args, raw, excluded)
-        if pending is not None:
-            yield _collect(prepared, *pending)
-        pending = (offset, b, hwe_failed, dispatched)
-        offset += b
-    if pending is not None:
-        yield _collect(prepared, *pending)
+                hwe_failed = hwe_exact_pvalues(_with_nan(chunk, float)) < prepared.min_hwe_p  # NaN never fails
+                excluded[:b] = hwe_failed
+            compact = chunk.dtype if chunk.dtype.kind in "iu" else np.result_type(chunk.dtype, np.float32)
+            raw = np.zeros((n, prepared.width), compact)  # int8 / float32 travel as they are, widened on the device
+            raw[:, :b] = chunk
+            with jax.enable_x64(True):
+                if prepared.chunk_sharding is not None:
+                    raw, excluded = jax.device_put((raw, excluded), prepared.chunk_sharding)
+                    program = prepared.fit_chunk
+                else:
+                    if raw.dtype not in programs:  # kept between runs when a folder is set (jaxlmm.executables)
+                        fit = prepared.fit_chunk
+                        programs[raw.dtype] = partial(executables.compiled(
+                            fit.func, "fit_chunk", (*fit.args, raw, excluded), fit.keywords), *fit.args)
+                    program = programs[raw.dtype]
+                # asynchronous either way: runs while the next chunks are read
+                dispatched = program(raw, excluded) if launcher is None else launcher.submit(_fitted, program, raw,
+                                                                                              excluded)
+            pending.append((offset, b, hwe_failed, dispatched))
+            offset += b
+            if len(pending) > concurrent:
+                yield _collect(prepared, *pending.popleft())
+        while pending:
+            yield _collect(prepared, *pending.popleft())
+    finally:
+        if launcher is not None:
+            launcher.shutdown(wait=True, cancel_futures=True)
+
+
+def _fitted(program, raw, excluded):
+    """A chunk fit launched and waited for in a launcher thread (float64 on, as JAX's setting is per thread)."""
+    with jax.enable_x64(True):
+        return jax.block_until_ready(program(raw, excluded))
 
 
 def _import_in_background(module: str) -> None:
@@ -736,7 +762,10 @@ def _variant_status(n, n_miss, af, spread, hwe_failed, min_maf, max_missing) -> 
 
 
 def _collect(prepared: PreparedScan, offset, b, hwe_failed, dispatched) -> ScanChunk:
-    """Bring one chunk's statistics to the host and give each variant its final status."""
+    """Bring one chunk's statistics to the host and give each variant its final status (dispatched: the fit's
+    output, or a future of it)."""
+    if isinstance(dispatched, Future):
+        dispatched = dispatched.result()
     P, df = prepared.phenotypes, prepared.n - prepared.covariates - 1
     variant = {k: np.asarray(dispatched[k])[:b] for k in ("n_miss", "af", "spread", "ok")}
     status = _variant_status(prepared.n, variant["n_miss"], variant["af"], variant["spread"], hwe_failed,

@@ -99,6 +99,19 @@ def test_chunking_and_sources_do_not_change_results(rng):
         assert list(other["variant"]) == list(whole["variant"])
 
 
+def test_chunks_fitted_at_once_equal_chunks_fitted_one_by_one(rng, monkeypatch):
+    """On CPU several chunks are fitted at once from launcher threads: same rows, in order, as one at a time."""
+    import importlib
+
+    scan_module = importlib.import_module("jaxlmm.scan")
+    Y, genotypes, covariates, K = simulated(rng, m=45)
+    together = scan(Y[:, 0], genotypes, covariates, kinship=K, chunk_size=8).columns
+    monkeypatch.setattr(scan_module, "CONCURRENT_CHUNKS_CPU", 1)
+    alone = scan(Y[:, 0], genotypes, covariates, kinship=K, chunk_size=8).columns
+    for key in ("beta", "se", "p_wald", "p_lrt", "p_score", "lambda_remle", "status"):
+        np.testing.assert_array_equal(together[key], alone[key], err_msg=key)
+
+
 def test_many_phenotypes_equal_one_at_a_time(rng):
     Y, genotypes, covariates, K = simulated(rng, m=12, p=3)
     together = scan(Y, genotypes, covariates, kinship=K).columns
