@@ -167,9 +167,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMPILATION_CACHE_BYTES = 1 << 30  # JAX's cache folder is capped at 1 GiB (a scan's programs take a few MB)
-
-
 def _enable_compilation_cache() -> str | None:
     """Keep compiled programs between runs (the scan compiles for ~10 s): JAX's compilation cache, and the scan's
     executables themselves (:mod:`jaxlmm.executables`). The CLI is its own process, so setting these here changes
@@ -183,7 +180,6 @@ def _enable_compilation_cache() -> str | None:
     if not directory:
         return None
     jax.config.update("jax_compilation_cache_dir", directory)
-    jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_BYTES)  # least recently used go first
     return os.path.join(directory, "executables")  # whole programs too: no tracing in a warm run
 
 
