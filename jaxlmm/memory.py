@@ -6,7 +6,8 @@ Estimate (bytes, float64 = 8 bytes), n_all samples in the genotype file, n analy
   chromosome plus the leave-one-out sum;
 * decomposition: about 4 n^2 (the centred kernel, eigenvectors and LAPACK workspace of ``eigh``);
 * a chunk: the decoded, imputed and padded genotypes and their rotation, ~6 n B, plus the per-variant statistics
-  of the batched fits, ~B (c + 3)^2 * 64; two chunks are in flight (one read while the previous is fitted).
+  of the batched fits, ~B (c + 3)^2 * 64; three chunks are in flight (on CPU two are fitted at once while the
+  next is read).
 
 The figures are deliberately simple upper bounds of what jaxlmm itself holds (the Python/JAX runtime, ~0.5 GiB, is
 added); they are checked against ``--max-memory`` only, never against what the machine happens to have free.
@@ -24,7 +25,7 @@ def peak_bytes(n_all: int, n: int, covariates: int, chunk: int, chromosomes: int
     """Estimated bytes by part (see module docstring); chromosomes > 0 means LOCO pieces."""
     kinship = 8.0 * (n_all**2 * (1 + chromosomes + (1 if chromosomes else 0)) + n**2)
     decomposition = 8.0 * 4 * n**2
-    chunks = 2 * (8.0 * 6 * n * chunk + 64.0 * chunk * (covariates + 3) ** 2)
+    chunks = 3 * (8.0 * 6 * n * chunk + 64.0 * chunk * (covariates + 3) ** 2)
     return {"runtime": RUNTIME_BYTES, "kinship": kinship, "decomposition": decomposition, "chunks": chunks}
 
 
