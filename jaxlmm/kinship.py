@@ -27,6 +27,44 @@ def _chunk_contribution(chunk, standardize):
     return centred @ centred.T
 
 
+INTEGER_LIMIT = 64  # |genotype| bound of the float32 path: 64^2 x 2048 variants per chunk stays below 2^24
+
+
+@jax.jit
+def _integer_chunk_contribution(chunk):
+    """Xc Xc' of a chunk (n, k) of integer genotypes without missing values, k <= 2048 and |x| <= INTEGER_LIMIT.
+    X X' runs in float32 and is exact (every product and partial sum is an integer below 2^24, in any order of
+    summation; HIGHEST precision keeps GPUs off TF32), at about twice the speed of float64; the centring is added
+    in float64 as rank-one terms, ``Xc Xc' = X X' - a 1' - 1 a' + (mu . mu) 1 1'`` with ``a = X mu``."""
+    single = chunk.astype(jnp.float32)
+    gram = jnp.dot(single, single.T, precision=jax.lax.Precision.HIGHEST).astype(chunk.dtype)
+    means = jnp.mean(chunk, axis=0)
+    a = chunk @ means
+    return gram - a[:, None] - a[None, :] + means @ means
+
+
+def _contribution(chunk: np.ndarray, standardize: bool):
+    """Xc Xc' of the chunk (n, k) float64 host array, NaN missing: its integer, complete columns through the exact
+    float32 product (:func:`_integer_chunk_contribution`; centred kinships only), the others in float64."""
+    exact = np.zeros(chunk.shape[1], bool)
+    if not standardize and chunk.shape[1] <= 2048:
+        with np.errstate(invalid="ignore"):
+            exact = np.all((chunk == np.rint(chunk)) & (np.abs(chunk) <= INTEGER_LIMIT), axis=0)  # NaN: False
+    total = 0.0
+    if exact.any():
+        total = _integer_chunk_contribution(_padded(chunk[:, exact]))
+    if not exact.all():
+        total = total + _chunk_contribution(_padded(chunk[:, ~exact]), standardize)
+    return total
+
+
+def _padded(columns: np.ndarray, multiple: int = 256):
+    """The columns with columns of zeros appended up to a multiple of ``multiple`` (a zero column adds nothing to
+    either contribution), so the kept variants of every chunk fit one of a few compiled shapes."""
+    width = -(-columns.shape[1] // multiple) * multiple
+    return jnp.asarray(np.pad(columns, ((0, 0), (0, width - columns.shape[1]))))
+
+
 def passing_variants(genotypes: np.ndarray, min_maf: float = 0.01, max_missing: float = 0.05) -> np.ndarray:
     """(M,) bool: variants GEMMA uses for its kinship, judged on the analyzed samples' genotypes (n, M).
 
@@ -75,7 +113,7 @@ def _accumulate(genotypes, keep_of_chunk, standardize, chunk_size) -> tuple[np.n
             chunk = np.asarray(genotypes[:, start:start + chunk_size], dtype=float)
             keep = keep_of_chunk(start, chunk)
             if keep.any():
-                total = total + _chunk_contribution(jnp.asarray(chunk[:, keep]), standardize)
+                total = total + _contribution(chunk[:, keep], standardize)
                 used += int(keep.sum())
         return np.asarray(total), used
 
@@ -104,7 +142,7 @@ def relatedness_by_chromosome(genotypes, analyzed, chromosomes, min_maf: float =
                 columns = keep & (chrom == c)
                 total, used = pieces.get(c, (jnp.zeros((n, n)), 0))
                 if columns.any():
-                    total = total + _chunk_contribution(jnp.asarray(chunk[:, columns]), standardize)
+                    total = total + _contribution(chunk[:, columns], standardize)
                 pieces[c] = (total, used + int(columns.sum()))
     return {c: (np.asarray(total), used) for c, (total, used) in pieces.items()}
 
