@@ -3,6 +3,9 @@
 Centered (GEMMA ``-gk 1``): ``K = Xc Xc' / p``, each variant centred by its mean over all samples (missing values
 mean-imputed first). Standardized (``-gk 2``): each centred variant also divided by its standard deviation
 (population form, denominator n).
+
+Centred kinships of integer genotypes without missing values (PLINK counts) multiply in float32, which is exact for
+them; everything else is float64 (see :func:`_integer_chunk_contribution`).
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ def _chunk_contribution(chunk, standardize):
     return centred @ centred.T
 
 
-INTEGER_LIMIT = 64  # |genotype| bound of the float32 path: 64^2 x 2048 variants per chunk stays below 2^24
+INTEGER_LIMIT = 64  # |genotype| bound of the float32 path ...
+INTEGER_COLUMNS = 2048  # ... and its columns per product: 64^2 x 2048 stays below 2^24
 
 
 @jax.jit
 def _integer_chunk_contribution(chunk):
-    """Xc Xc' of a chunk (n, k) of integer genotypes without missing values, k <= 2048 and |x| <= INTEGER_LIMIT.
+    """Xc Xc' of a chunk (n, k) of integer genotypes without missing values, k <= INTEGER_COLUMNS and
+    |x| <= INTEGER_LIMIT.
     X X' runs in float32 and is exact (every product and partial sum is an integer below 2^24, in any order of
     summation; HIGHEST precision keeps GPUs off TF32), at about twice the speed of float64; the centring is added
     in float64 as rank-one terms, ``Xc Xc' = X X' - a 1' - 1 a' + (mu . mu) 1 1'`` with ``a = X mu``."""
@@ -58,7 +63,7 @@ def _contribution(chunk: np.ndarray, standardize: bool):
     """Xc Xc' of the chunk (n, k) float64 host array, NaN missing: its integer, complete columns through the exact
     float32 product (:func:`_integer_chunk_contribution`; centred kinships only), the others in float64."""
     exact = np.zeros(chunk.shape[1], bool)
-    if not standardize and chunk.shape[1] <= 2048:
+    if not standardize and chunk.shape[1] <= INTEGER_COLUMNS:
         with np.errstate(invalid="ignore"):
             exact = np.all((chunk == np.rint(chunk)) & (np.abs(chunk) <= INTEGER_LIMIT), axis=0)  # NaN: False
     total = 0.0

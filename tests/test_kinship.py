@@ -47,7 +47,7 @@ def test_integer_chunk_contribution_is_exact_at_its_limits():
     import jax
 
     rng = np.random.default_rng(6)
-    chunk = rng.integers(-kinship.INTEGER_LIMIT, kinship.INTEGER_LIMIT + 1, size=(40, 2048)).astype(float)
+    chunk = rng.integers(-kinship.INTEGER_LIMIT, kinship.INTEGER_LIMIT + 1, size=(40, kinship.INTEGER_COLUMNS)).astype(float)
     with jax.enable_x64(True):
         got = np.asarray(kinship._integer_chunk_contribution(chunk))
     centred = chunk - chunk.mean(axis=0)
