@@ -26,7 +26,7 @@ from .io.plink import BedReader
 from .io.results import ResumableTable, format_rows, genomic_inflation, read_table
 from .kinship import filtered_relatedness, leave_one_out, relatedness_by_chromosome
 from .memory import check_memory
-from .scan import prepare_scan, scan_chunks
+from .scan import prepare_scan, preload_kinship_scan, scan_chunks
 from . import validate
 from .validate import InputError
 
@@ -276,6 +276,16 @@ def _prepare(config, inputs, random, chromosome=None):
         raise InputError(f"{', '.join(filter(None, sources))}: {err}") from None
 
 
+def _preload_programs(config: ScanConfig, inputs: Inputs, rows: ScannedGenotypes) -> None:
+    """Load the kept programs of this kinship scan while the kinship is read and decomposed, guessing its rank:
+    n - 1 for the centred kinship of n samples (see :func:`jaxlmm.scan.preload_kinship_scan`)."""
+    n = inputs.y.shape[0]
+    covariates = 1 + (0 if inputs.covariates is None else inputs.covariates.shape[1])
+    preload_kinship_scan(n, covariates, 1 if inputs.y.ndim == 1 else inputs.y.shape[1], n - 1, rows[:, :1].dtype,
+                         mode=config.mode, chunk_size=config.chunk, min_maf=config.min_maf,
+                         max_missing=config.max_missing, max_iter=config.max_iter, rotation_dtype=config.rotation)
+
+
 def _null_line(label, null) -> str:
     return (f"null model{label}: lambda {null.lambda_remle[0]:.6g}, vg {null.s2_g[0]:.6g}, ve {null.s2_e[0]:.6g}, "
             f"pve {null.pve[0]:.6g} (se {null.pve_se[0]:.6g}), REML logl {null.logl_remle[0]:.6g}, "
@@ -325,6 +335,8 @@ def run_scan(config: ScanConfig, on_chunk: Callable[[int, int], None] | None = N
     table = ResumableTable(path, fingerprint(config), config.resume)
     if table.resumed_from:
         lines.append(f"resumed: {table.resumed_from} rows were already written")
+    if config.groups is None and m > 0 and table.resumed_from < stop - start:
+        _preload_programs(config, inputs, rows)
     random_for = _random_effects(config, inputs, lines)
     begin, current, reported = start + table.resumed_from, None, table.resumed_from
     for run in runs:

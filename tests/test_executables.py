@@ -41,6 +41,23 @@ def test_kept_executables_are_reused_without_tracing(tmp_path):
     assert all(path.read_bytes() != b"not an executable" for path in tmp_path.glob("program-*.pickle"))
 
 
+def test_a_program_loaded_ahead_is_the_one_compiled_returns(tmp_path):
+    x, y = jnp.arange(6.0).reshape(2, 3), jnp.asarray(2.0)
+    like = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding, weak_type=a.weak_type) for a in (x, y))
+    with executables.kept_in(tmp_path):
+        assert not executables.preload("program", like, {"power": 2})  # nothing kept yet
+        executables.compiled(_program, "program", (x, y), {"power": 2})
+        assert executables.preload("program", like, {"power": 2})
+        assert not executables.preload("program", like, {"power": 5})  # another program: not kept
+        traces.clear()
+        jax.clear_caches()
+        program = executables.compiled(_program, "program", (x, y), {"power": 2})
+        assert not executables._PRELOADED and traces == []  # the loaded one taken, nothing traced
+        assert float(program(x, y)) == float(np.sum(np.asarray(x) ** 2) * 2.0)
+        assert executables.preload("program", like, {"power": 2})  # a guess never taken ...
+    assert not executables._PRELOADED  # ... is dropped with the folder
+
+
 def test_nothing_is_kept_without_a_folder(tmp_path):
     x, y = jnp.ones(3), jnp.asarray(1.0)
     program = executables.compiled(_program, "program", (x, y), {"power": 1})

@@ -7,9 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxlmm import InputError
+from jaxlmm import InputError, executables
+from jaxlmm.config import scan_config
 from jaxlmm.io.plink import BedReader
 from jaxlmm.kinship import passing_variants, relatedness
+from jaxlmm.pipeline import run_scan
 from jaxlmm.scan import scan
 
 CODES = {2.0: 0b00, 1.0: 0b10, 0.0: 0b11}  # genotype (copies of A1) -> PLINK 2-bit code; missing = 0b01
@@ -104,3 +106,27 @@ def test_cli_scan_missing_file_is_a_clean_error(tmp_path):
     done = subprocess.run([sys.executable, "-m", "jaxlmm.cli", "scan", "--bfile", str(tmp_path / "none"),
                            "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert done.returncode == 2 and "none" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_programs_loaded_ahead_are_the_ones_the_scan_runs(tmp_path, monkeypatch):
+    """A kinship scan loads its kept programs while the kinship is read, from shapes guessed before (the kinship's
+    rank: n - 1 once centred); the guess must name exactly the programs the scan then runs."""
+    rng = np.random.default_rng(5)
+    n, m = 40, 120
+    genotypes = rng.binomial(2, rng.uniform(0.2, 0.5, size=m), size=(n, m)).astype(float)
+    prefix = str(tmp_path / "ahead")
+    write_plink(prefix, genotypes, genotypes[:, 0] + rng.normal(size=n))
+    paths, found = [], []
+    path, preload = executables._path, executables.preload
+    monkeypatch.setattr(executables, "_path", lambda *args: paths.append(path(*args)) or paths[-1])
+    monkeypatch.setattr(executables, "preload", lambda *args: found.append(preload(*args)) or found[-1])
+    config = scan_config(bfile=prefix, out=str(tmp_path / "out"), chunk=64)
+    with executables.kept_in(tmp_path / "kept"):
+        run_scan(config)  # guessed (nothing kept yet), then compiled and kept
+        first_paths, first_table = list(paths), open(tmp_path / "out.assoc.tsv").read()
+        paths.clear()
+        run_scan(config)
+        assert not executables._PRELOADED  # every program loaded ahead was taken
+    assert len(first_paths) == 4 and first_paths[:2] == first_paths[2:]  # null fit and chunk fit, guessed = run
+    assert paths == first_paths and found == [False, False, True, True]
+    assert open(tmp_path / "out.assoc.tsv").read() == first_table
