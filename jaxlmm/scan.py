@@ -316,7 +316,8 @@ def _fit_chunk(rotation_basis, shared: _Shared, raw, excluded, *, c, exact, max_
     """raw: (n, B) genotypes (NaN missing), excluded: (B,) bool (see :func:`_device_impute`). Returns a dict of
     (P, B) arrays for every phenotype and variant of the chunk, plus the (B,) arrays of :func:`_device_impute`.
 
-    rotation_basis is the kernel's basis in rotation_dtype: U'X runs in that precision, everything after in float64.
+    rotation_basis is the kernel's basis in rotation_dtype (:func:`jaxlmm.structure.for_rotation`): U'X runs in that
+    precision, everything after in float64.
     """
     genotypes, variants = _device_impute(_with_nan(raw, shared.Y.dtype), excluded, min_maf, max_missing)
     x_rot = structure.rotate(rotation_basis, genotypes.astype(rotation_dtype)).astype(genotypes.dtype)  # (m, B)
@@ -644,8 +645,7 @@ def _prepare_validated(Y, cov, term, basis, mode, chunk_size, min_maf, max_missi
     chunk_sharding, replicated, width, block = _device_placement(chunk_size, int(structure.eigenvalues(basis).shape[0]))
     if replicated is not None:
         basis, shared = jax.device_put((basis, shared), replicated)
-    rotation_basis = jax.tree.map(
-        lambda a: a.astype(rotation_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, basis)
+    rotation_basis = structure.for_rotation(basis, rotation_dtype)
     fit = partial(_fit_chunk, rotation_basis, shared,
                   **_fit_options(c, mode, max_iter, rotation_dtype, block, min_maf, max_missing))
     return PreparedScan(null, n, c, Y.shape[1], chunk_size, min_maf, max_missing, fit, chunk_sharding, width)
@@ -682,7 +682,7 @@ def preload_kinship_scan(n: int, covariates: int, phenotypes: int, rank: int, ge
         c, p, m = covariates, phenotypes, rank
         null = chunk_criteria.NullData(like(m), np.zeros((m, (c + 1) * (c + 2) // 2)), np.zeros((c + 1, c + 1)),
                                        np.zeros(()))
-        basis = structure.EigenBasis(like(n, m, dtype=rotation_dtype), like(m, dtype=rotation_dtype))
+        basis = structure.RotationRows(like(m, n, dtype=rotation_dtype), like(m, dtype=rotation_dtype))
         shared = _Shared(like(m), like(m, c), like(m, p), like(n, c), like(n, p), like(p, c + 1, c + 1), like(p),
                          like(p), like(p), like())
         chunk = (np.zeros((n, width), chunk_dtype(genotype_dtype)), np.zeros(width, bool))

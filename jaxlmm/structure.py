@@ -65,6 +65,18 @@ class EigenBasis(NamedTuple):
     values: jnp.ndarray
 
 
+class RotationRows(NamedTuple):
+    """An :class:`EigenBasis` kept for many rotations: ``U'`` as (m, n) row-major rows, so ``U'A`` is a product of
+    row-major operands (see :func:`for_rotation`).
+
+    rows:   (m, n) ``U'``
+    values: (m,)   eigenvalues s > 0
+    """
+
+    rows: jnp.ndarray
+    values: jnp.ndarray
+
+
 def group_term(labels, name: str = "group") -> RandomTerm:
     """A random intercept per level of ``labels`` (any hashable values), lme4's ``(1|name)``.
 
@@ -128,6 +140,21 @@ def spectral_basis(term: RandomTerm):
     return EigenBasis(*jax.device_put((vectors[:, keep], values[keep])))  # no per-shape program, as jnp.asarray
 
 
+def for_rotation(basis, dtype):
+    """The basis ready for rotating many matrices in ``dtype`` (e.g. a scan's genotype chunks): an
+    :class:`EigenBasis` becomes :class:`RotationRows`, made once, on the host for arrays on the CPU (a copy of
+    U in numpy, with U's sharding); a :class:`GroupBasis` keeps its form, its floats cast to dtype.
+
+    XLA:CPU multiplies by a transposed operand, ``U.T @ A`` with U row-major, 20-25% slower than by row-major
+    ``U'``: with 512 columns, 23.4 against 19.2 ms at n = 1410, 3.3 against 2.5 ms at n = 500."""
+    if not isinstance(basis, EigenBasis):
+        return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, basis)
+    if all(device.platform == "cpu" for device in basis.vectors.sharding.device_set):
+        rows = np.asarray(basis.vectors).T.astype(dtype, order="C")
+        return RotationRows(*jax.device_put((rows, np.asarray(basis.values, dtype)), basis.vectors.sharding))
+    return RotationRows(jnp.transpose(basis.vectors).astype(dtype), basis.values.astype(dtype))
+
+
 def eigenvalues(basis) -> jnp.ndarray:
     """Nonzero eigenvalues of the kernel, (m,)."""
     return basis.sizes if isinstance(basis, GroupBasis) else basis.values
@@ -138,6 +165,8 @@ def rotate(basis, A: jnp.ndarray) -> jnp.ndarray:
     if isinstance(basis, GroupBasis):
         sums = jax.ops.segment_sum(A, basis.codes, num_segments=basis.sizes.shape[0])
         return sums / jnp.sqrt(basis.sizes)[:, None]
+    if isinstance(basis, RotationRows):
+        return basis.rows @ A
     return basis.vectors.T @ A
 
 
