@@ -11,7 +11,7 @@ from jaxlmm import InputError
 from jaxlmm.io import tables
 from jaxlmm.io.bimbam import BimbamReader
 from jaxlmm.io.kinship_files import read_kinship, write_kinship
-from jaxlmm.io.plink import BedReader
+from jaxlmm.io.plink import BedReader, read_bim
 from jaxlmm.io.results import HEADER, ResumableTable, read_table
 from test_plink_and_cli_scan import write_plink
 
@@ -77,6 +77,23 @@ def test_bimbam_bad_lines_are_named(tmp_path):
     (tmp_path / "t.gz").write_bytes(gzip.compress(b"rs1, A, T, 0, 1, 2\n" * 50)[:40])  # truncated
     with pytest.raises(InputError, match="t.gz"):
         BimbamReader(tmp_path / "t.gz")
+
+
+def test_bim_positions_are_numbers_and_bad_lines_are_named(tmp_path):
+    good = ["1\trs1\t0\t100\tA\tG", "1 rs2 0.5 250 C T", "X\trs3\t1e-2\t9000000000\tG\tA"]
+    path = tmp_path / "v.bim"
+    path.write_text("\n".join(good) + "\n")
+    bim = read_bim(path)
+    assert list(bim.rsid) == ["rs1", "rs2", "rs3"] and list(bim.chrom) == ["1", "1", "X"]
+    assert bim.cm.dtype == np.float64 and list(bim.cm) == [0.0, 0.5, 0.01]
+    assert bim.pos.dtype == np.int64 and list(bim.pos) == [100, 250, 9_000_000_000]
+    for line, message in (("1 rs4 0 12x A G", "line 4, column 4: '12x' is not a number"),
+                          ("1 rs4 0 1.5 A G", "line 4, column 4: '1.5' is not a number"),
+                          ("1 rs4 zero 7 A G", "line 4, column 3: 'zero' is not a number"),
+                          ("1 rs4 0 7 A", "line 4 has 5 fields, expected 6")):
+        path.write_text("\n".join(good + [line]) + "\n")
+        with pytest.raises(InputError, match=message):
+            read_bim(path)
 
 
 def test_tables_columns_by_number_and_name(tmp_path):
