@@ -91,14 +91,13 @@ def split(y, kinship, pool_chunks, chunk_size, rotation_dtype, chunks: int) -> d
     """Seconds per stage summed over ``chunks`` chunks replayed one stage at a time."""
     args = captured_fit_arguments(y, kinship, pool_chunks[0], chunk_size, rotation_dtype)
     fit = partial(SCAN_MODULE._fit_chunk, **args["options"])
-    vectors = args["rotation_basis"].vectors
-    rotate = jax.jit(lambda u, g: u.T @ g.astype(u.dtype))
+    rotate = jax.jit(lambda basis, g: SCAN_MODULE.structure.rotate(basis, g.astype(basis.values.dtype)))
     totals = dict(transfer=0.0, rotation=0.0, optimization=0.0, output=0.0)
     with jax.enable_x64(True):
         for i in range(chunks + 1):  # the first round compiles and is not counted
             host = pool_chunks[i % len(pool_chunks)]  # what the scan sends: the raw int8 chunk (imputed on device)
             (device, excluded), transfer = _blocked(jax.device_put, (host, np.zeros(host.shape[1], bool)))
-            _, rotation = _blocked(rotate, vectors, device)
+            _, rotation = _blocked(rotate, args["rotation_basis"], device)
             out, fitted = _blocked(fit, args["rotation_basis"], args["shared"], device, excluded)
             start = time.perf_counter()
             jax.tree.map(np.asarray, out)
