@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .genotype_chunks import is_counts, with_nan
 from .validate import InputError
 
 
@@ -71,7 +72,7 @@ def _contribution(chunk: np.ndarray, standardize: bool):
     float32 product (:func:`_integer_chunk_contribution`; centred kinships only), the others in float64."""
     exact = np.zeros(chunk.shape[1], bool)
     if not standardize and chunk.shape[1] <= INTEGER_COLUMNS:
-        if _is_counts(chunk):
+        if is_counts(chunk):
             exact = np.all((chunk >= 0) & (chunk <= INTEGER_LIMIT), axis=0)  # negative: missing
         else:
             with np.errstate(invalid="ignore"):
@@ -80,19 +81,8 @@ def _contribution(chunk: np.ndarray, standardize: bool):
     if exact.any():
         total = _integer_chunk_contribution(_padded(chunk[:, exact]))
     if not exact.all():
-        total = total + _chunk_contribution(_padded(_with_nan(chunk[:, ~exact])), standardize)
+        total = total + _chunk_contribution(_padded(with_nan(chunk[:, ~exact], np.float64)), standardize)
     return total
-
-
-def _is_counts(chunk: np.ndarray) -> bool:
-    return chunk.dtype.kind in "iu"
-
-
-def _with_nan(chunk: np.ndarray) -> np.ndarray:
-    """float64 genotypes, NaN missing (integer counts mark missing values with negative numbers)."""
-    if not _is_counts(chunk):
-        return np.asarray(chunk, dtype=float)
-    return np.where(chunk < 0, np.nan, chunk.astype(float))
 
 
 def _chunk_of(genotypes, start: int, size: int) -> np.ndarray:
@@ -123,7 +113,7 @@ def passing_variants(genotypes: np.ndarray, min_maf: float = 0.01, max_missing: 
     genotypes = np.asarray(genotypes)
     with warnings.catch_warnings():  # an all-missing variant has no mean: NaN, and it fails the filters
         warnings.simplefilter("ignore", RuntimeWarning)
-        if _is_counts(genotypes):
+        if is_counts(genotypes):
             absent = genotypes < 0
             observed = genotypes.shape[0] - absent.sum(axis=0)
             frequency = np.where(absent, 0, genotypes).sum(axis=0, dtype=np.int64) / observed / 2

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import chunk_criteria, executables, structure, validate
+from .genotype_chunks import transfer_dtype, with_nan
 from .optimize import minimize_elementwise
 
 LOG_LAMBDA_BOUNDS = (float(np.log(1e-5)), float(np.log(1e5)))
@@ -280,16 +281,6 @@ class _Shared(NamedTuple):
     trace_ratio: jnp.ndarray  # ()  tr(K)/n
 
 
-def _with_nan(chunk, dtype):
-    """A genotype chunk as floats of dtype with NaN where missing: integer chunks (e.g. int8 counts) mark missing
-    values with negative numbers. Works on numpy and JAX arrays."""
-    xp = jnp if isinstance(chunk, jax.Array) else np
-    values = chunk.astype(dtype)
-    if not xp.issubdtype(chunk.dtype, xp.integer):
-        return values
-    return xp.where(chunk < 0, xp.nan, values)
-
-
 def _device_impute(raw, excluded, min_maf: float, max_missing: float):
     """Mean imputation and variant filters of a chunk on the device. raw: (n, B) genotypes, NaN missing; excluded:
     (B,) bool, variants left out by the host (padding, Hardy-Weinberg). Returns the (n, B) matrix to fit (a
@@ -319,7 +310,7 @@ def _fit_chunk(rotation_basis, shared: _Shared, raw, excluded, *, c, exact, max_
     rotation_basis is the kernel's basis in rotation_dtype (:func:`jaxlmm.structure.for_rotation`): U'X runs in that
     precision, everything after in float64.
     """
-    genotypes, variants = _device_impute(_with_nan(raw, shared.Y.dtype), excluded, min_maf, max_missing)
+    genotypes, variants = _device_impute(with_nan(raw, shared.Y.dtype), excluded, min_maf, max_missing)
     x_rot = structure.rotate(rotation_basis, genotypes.astype(rotation_dtype)).astype(genotypes.dtype)  # (m, B)
     xx = jnp.sum(genotypes * genotypes, axis=0) - jnp.sum(x_rot * x_rot, axis=0)  # (B,)
     xc = shared.cov.T @ genotypes - shared.cov_rot.T @ x_rot  # (c, B)
@@ -441,7 +432,7 @@ def _impute(chunk: np.ndarray, max_missing: float, min_maf: float):
     Monomorphic: the imputed column is constant, i.e. every observed value is the same (the fill is their mean).
     The host-side twin of :func:`_device_impute` (same statuses, :func:`_variant_status`), for scans that impute
     before their own device work (:mod:`jaxlmm.scan_mixed`)."""
-    chunk = _with_nan(np.asarray(chunk), float)
+    chunk = with_nan(np.asarray(chunk), float)
     missing = np.isnan(chunk)
     n_miss = np.count_nonzero(missing, axis=0)
     n_obs = chunk.shape[0] - n_miss
@@ -657,13 +648,6 @@ def _fit_options(c, mode, max_iter, rotation_dtype, block, min_maf, max_missing)
                 block=block, min_maf=float(min_maf), max_missing=float(max_missing))
 
 
-def chunk_dtype(dtype) -> np.dtype:
-    """The type genotype chunks of ``dtype`` travel to the device in: integers as they are (int8 counts: a quarter
-    of the bytes of float32), floats in at least float32; the device widens them."""
-    dtype = np.dtype(dtype)
-    return dtype if dtype.kind in "iu" else np.result_type(dtype, np.float32)
-
-
 def preload_kinship_scan(n: int, covariates: int, phenotypes: int, rank: int, genotype_dtype, *, mode="exact",
                          chunk_size=512, min_maf=0.01, max_missing=0.05, max_iter=30, rotation_dtype=jnp.float64):
     """Start loading the kept programs (:func:`jaxlmm.executables.preload`) of a kinship scan that
@@ -685,7 +669,7 @@ def preload_kinship_scan(n: int, covariates: int, phenotypes: int, rank: int, ge
         basis = structure.RotationRows(like(m, n, dtype=rotation_dtype), like(m, dtype=rotation_dtype))
         shared = _Shared(like(m), like(m, c), like(m, p), like(n, c), like(n, p), like(p, c + 1, c + 1), like(p),
                          like(p), like(p), like())
-        chunk = (np.zeros((n, width), chunk_dtype(genotype_dtype)), np.zeros(width, bool))
+        chunk = (np.zeros((n, width), transfer_dtype(genotype_dtype)), np.zeros(width, bool))
         return (executables.preload("null_fit", (null,), {"max_iter": max_iter})
                 + executables.preload("fit_chunk", (basis, shared, *chunk), _fit_options(
                     c, mode, max_iter, rotation_dtype, block, min_maf, max_missing)))
@@ -725,9 +709,9 @@ def scan_chunks(prepared: PreparedScan, genotypes, start: int = 0, stop: int | N
             if prepared.min_hwe_p > 0:
                 from .hwe import hwe_exact_pvalues
 
-                hwe_failed = hwe_exact_pvalues(_with_nan(chunk, float)) < prepared.min_hwe_p  # NaN never fails
+                hwe_failed = hwe_exact_pvalues(with_nan(chunk, float)) < prepared.min_hwe_p  # NaN never fails
                 excluded[:b] = hwe_failed
-            raw = np.zeros((n, prepared.width), chunk_dtype(chunk.dtype))  # int8 / float32 travel as they are, widened on the device
+            raw = np.zeros((n, prepared.width), transfer_dtype(chunk.dtype))  # widened on the device
             raw[:, :b] = chunk
             with jax.enable_x64(True):
                 if prepared.chunk_sharding is not None:
