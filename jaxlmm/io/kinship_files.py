@@ -28,7 +28,7 @@ def read_kinship(path) -> np.ndarray:
     if not np.isfinite(matrix).all():
         i, j = np.argwhere(~np.isfinite(matrix))[0]
         raise InputError(f"{path}: kinship entry ({i + 1}, {j + 1}) is {matrix[i, j]}")
-    return matrix.astype(float)
+    return np.asarray(matrix, dtype=float)  # no copy of a float64 matrix just read
 
 
 def _read_text_matrix(path) -> np.ndarray:
