@@ -11,7 +11,18 @@ import numpy as np
 
 def is_counts(chunk) -> bool:
     """Whether the chunk holds integer counts (missing: negative) rather than floats (missing: NaN)."""
-    return np.dtype(chunk.dtype).kind in "iu"
+    return _integer(chunk.dtype)
+
+
+def _integer(dtype) -> bool:
+    return np.dtype(dtype).kind in "iu"
+
+
+def read_genotypes(reader, index):
+    """``reader[index]`` (rows, columns) as the reader's int8 counts when it has them (PLINK: a quarter of the bytes
+    of float32, and no float decoding), else as the reader gives it."""
+    counts = getattr(reader, "counts", None)
+    return np.asarray(counts(index)) if counts is not None else reader[index]
 
 
 def with_nan(chunk, dtype):
@@ -26,5 +37,4 @@ def with_nan(chunk, dtype):
 def transfer_dtype(dtype) -> np.dtype:
     """The type chunks of ``dtype`` travel to the device in: integers as they are (int8 counts: a quarter of the
     bytes of float32), floats in at least float32."""
-    dtype = np.dtype(dtype)
-    return dtype if dtype.kind in "iu" else np.result_type(dtype, np.float32)
+    return np.dtype(dtype) if _integer(dtype) else np.result_type(dtype, np.float32)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .genotype_chunks import is_counts, with_nan
+from .genotype_chunks import is_counts, read_genotypes, with_nan
 from .validate import InputError
 
 
@@ -89,11 +89,8 @@ def _chunk_of(genotypes, start: int, size: int) -> np.ndarray:
     """Variants start .. start + size - 1 of genotypes (n, M): int8 allele counts, -1 missing, from readers that
     have them (PLINK's ``counts``: decoding to float64 and scanning it cost more than the float32 product at
     N = 5000), else float64 with NaN missing."""
-    columns = slice(start, min(start + size, genotypes.shape[1]))
-    counts = getattr(genotypes, "counts", None)
-    if counts is not None:
-        return np.asarray(counts((slice(None), columns)))
-    return np.asarray(genotypes[:, columns], dtype=float)
+    chunk = read_genotypes(genotypes, (slice(None), slice(start, min(start + size, genotypes.shape[1]))))
+    return chunk if is_counts(chunk) else np.asarray(chunk, dtype=float)
 
 
 def _padded(columns: np.ndarray, multiple: int = 256):

@@ -18,6 +18,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from .config import ScanConfig, part_share
+from .genotype_chunks import read_genotypes
 from .io import tables
 from .io.bgen import BgenReader
 from .io.bimbam import BimbamReader
@@ -171,11 +172,10 @@ class ScannedGenotypes:
     def __init__(self, reader, rows: np.ndarray, columns: np.ndarray | None = None):
         self.reader, self.rows, self.columns = reader, rows, columns
         self.shape = (int(rows.sum()), reader.shape[1] if columns is None else len(columns))
-        self._read = getattr(reader, "counts", None) or reader.__getitem__
 
     def __getitem__(self, index):
         cols = index[1] if self.columns is None else self.columns[index[1]]
-        return self._read((self.rows, cols))
+        return read_genotypes(self.reader, (self.rows, cols))
 
 
 def scanned_bim(inputs: Inputs):

@@ -664,8 +664,7 @@ def preload_kinship_scan(n: int, covariates: int, phenotypes: int, rank: int, ge
         on_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         like = lambda *shape, dtype=jnp.float64: jax.ShapeDtypeStruct(shape, dtype, sharding=on_device)  # noqa: E731
         c, p, m = covariates, phenotypes, rank
-        null = chunk_criteria.NullData(like(m), np.zeros((m, (c + 1) * (c + 2) // 2)), np.zeros((c + 1, c + 1)),
-                                       np.zeros(()))
+        null = chunk_criteria.null_data(like(m), np.zeros((m, c + 1)), np.zeros((c + 1, c + 1)), np.zeros(()))
         basis = structure.RotationRows(like(m, n, dtype=rotation_dtype), like(m, dtype=rotation_dtype))
         shared = _Shared(like(m), like(m, c), like(m, p), like(n, c), like(n, p), like(p, c + 1, c + 1), like(p),
                          like(p), like(p), like())
