@@ -61,8 +61,10 @@ def preload(name: str, args_like: tuple, static: dict) -> bool:
     if folder is None or jax.process_count() > 1:
         return False
     path = _path(folder, name, args_like, static)
-    if path in _PRELOADED or not path.exists():
-        return path in _PRELOADED
+    if path in _PRELOADED:
+        return True
+    if not path.exists():
+        return False
     future: Future = Future()
     _PRELOADED[path] = future
     threading.Thread(target=lambda: future.set_result(_loaded(path)), daemon=True,
