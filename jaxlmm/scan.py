@@ -588,13 +588,15 @@ def scan(y, genotypes, covariates=None, *, variant_names=None, **options) -> Sca
     return ScanResult(columns, prepared.null, prepared.n, prepared.covariates)
 
 
-FIT_BLOCK_CELLS_CPU = 96 * 1409  # m x variants per Newton block on CPU: its (m, 2 x block) arrays stay in cache
+FIT_BLOCK_CELLS_CPU = 64 * 1409  # m x variants per Newton block on CPU: its (m, 2 x block) arrays stay in cache
 
 
 def _fit_block_cpu(m: int) -> int:
     """Variants per Newton block on CPU: the largest power of two with m x block <= FIT_BLOCK_CELLS_CPU (at least
-    16). Measured: a 512-variant chunk of mouse HS1940 (m = 1409) fits in 47 ms with blocks of 64, 52 ms with 128,
-    117 ms unblocked; at m = 499 (N = 500) blocks of 256 take 25 ms, of 64 33 ms."""
+    16), so that a block's (m, 2 x block) float64 arrays stay about the size of one core's 1 MB L2 cache. Measured
+    on a 512-variant chunk, one core: mouse HS1940 (m = 1409) 69 ms with blocks of 64, 73 ms with 32 or 128, 104 ms
+    with 256; N = 500 (m = 499) 14.8 ms with 64 or 128, 17.0 ms with 256. Whole process, N = 500 M = 300k, blocks
+    of 128 against 256: 8.67-8.85 s against 9.22-10.28 s."""
     return 1 << max(4, int(np.log2(max(FIT_BLOCK_CELLS_CPU // max(m, 1), 1))))
 
 

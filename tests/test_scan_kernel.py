@@ -132,7 +132,7 @@ def test_newton_polish_takes_the_last_short_step_without_evaluating():
 
 def test_cpu_blocks_keep_a_block_cache_sized():
     sizes = {m: scan_module._fit_block_cpu(m) for m in (100, 499, 1409, 5000)}
-    assert sizes == {100: 1024, 499: 256, 1409: 64, 5000: 16}
+    assert sizes == {100: 512, 499: 128, 1409: 64, 5000: 16}
 
 
 def test_compact_genotype_types_give_the_float64_results():
