@@ -114,7 +114,7 @@ def test_expansion_carries_the_statistics_over_a_short_step():
     for a, b in zip((value, grad, curv), (direct_value, direct_grad, direct_curv)):
         np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-11)
     step = jnp.where(lanes, 1e-4, -1e-4)
-    carried = chunk_criteria.extrapolated(parts, step, data.shared.shape[1] - 1)
+    carried = chunk_criteria.extrapolated(parts, step, data.shared.shape[0] - 1)
     for a, b in zip(carried, chunk_criteria.projected(jnp.exp(t + step), data)):
         np.testing.assert_allclose(a, b, rtol=1e-11)
 
