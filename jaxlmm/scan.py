@@ -270,10 +270,10 @@ class _Shared(NamedTuple):
     """Everything about covariates and phenotypes that does not depend on the variant."""
 
     eigenvalues: jnp.ndarray  # (m,)
-    cov_rot: jnp.ndarray  # (m, c)      U'C
-    y_rot: jnp.ndarray  # (m, P)        U'Y
-    cov: jnp.ndarray  # (n, c)
-    Y: jnp.ndarray  # (n, P)
+    # [C Y]' and (U'[C Y])': the c covariates, then the P phenotypes, as rows (the left operands of products over
+    # samples or rotated rows, contracting their last axis: see jaxlmm.chunk_criteria.ChunkData)
+    cy_rows: jnp.ndarray  # (c+P, n)
+    cy_rot_rows: jnp.ndarray  # (c+P, m)
     cy_null_gram: jnp.ndarray  # (P, c+1, c+1)  [C y]'(I - UU')[C y] per phenotype
     null_log_lambda_remle: jnp.ndarray  # (P,)
     null_log_lambda_mle: jnp.ndarray  # (P,)
@@ -310,11 +310,11 @@ def _fit_chunk(rotation_basis, shared: _Shared, raw, excluded, *, c, exact, max_
     rotation_basis is the kernel's basis in rotation_dtype (:func:`jaxlmm.structure.for_rotation`): U'X runs in that
     precision, everything after in float64.
     """
-    genotypes, variants = _device_impute(with_nan(raw, shared.Y.dtype), excluded, min_maf, max_missing)
+    genotypes, variants = _device_impute(with_nan(raw, shared.cy_rows.dtype), excluded, min_maf, max_missing)
     x_rot = structure.rotate(rotation_basis, genotypes.astype(rotation_dtype)).astype(genotypes.dtype)  # (m, B)
     xx = jnp.sum(genotypes * genotypes, axis=0) - jnp.sum(x_rot * x_rot, axis=0)  # (B,)
-    xc = shared.cov.T @ genotypes - shared.cov_rot.T @ x_rot  # (c, B)
-    xy = shared.Y.T @ genotypes - shared.y_rot.T @ x_rot  # (P, B)
+    cy_x = shared.cy_rows @ genotypes - shared.cy_rot_rows @ x_rot  # (c+P, B): [C Y]'(I - UU') x_b
+    xc, xy = cy_x[:c], cy_x[c:]
     fixed_scale = jnp.var(genotypes, axis=0, ddof=1)  # var(x b) = b^2 var(x)
     n = jnp.asarray(genotypes.shape[0], genotypes.dtype)
     b, blocks = block, x_rot.shape[1] // block
@@ -323,7 +323,7 @@ def _fit_chunk(rotation_basis, shared: _Shared, raw, excluded, *, c, exact, max_
         return jnp.moveaxis(a.reshape(a.shape[:-1] + (blocks, block)), -2, 0)
 
     def one_block(x_b, xc_b, xy_b, xx_b, fixed_scale, y_r, cy_gram, t_remle0, t_mle0, logl0):
-        data = chunk_criteria.chunk_data(shared.eigenvalues, jnp.concatenate([shared.cov_rot, y_r[:, None]], axis=1),
+        data = chunk_criteria.chunk_data(shared.eigenvalues, jnp.concatenate([shared.cy_rot_rows[:c], y_r[None]]).T,
                                          x_b, cy_gram, jnp.concatenate([xc_b, xy_b[None]]), xx_b, n)
         # the null model's REML and ML lambdas and both ends of the search interval: ratios shared by all variants
         # (matrix products)
@@ -372,7 +372,7 @@ def _fit_chunk(rotation_basis, shared: _Shared, raw, excluded, *, c, exact, max_
                           (split(x_rot), split(xc), split(xy_p), split(xx), split(fixed_scale)))
         return {k: v.reshape(-1) for k, v in out.items()}
 
-    per_phenotype = (xy, shared.y_rot.T, shared.cy_null_gram, shared.null_log_lambda_remle,
+    per_phenotype = (xy, shared.cy_rot_rows[c:], shared.cy_null_gram, shared.null_log_lambda_remle,
                      shared.null_log_lambda_mle, shared.null_logl_mle)
     if xy.shape[0] == 1:  # one phenotype: no batching pass over the traced fit (a third of the tracing time)
         return {**{k: v[None] for k, v in one_phenotype(*(a[0] for a in per_phenotype)).items()}, **variants}
@@ -630,8 +630,8 @@ def _prepare_validated(Y, cov, term, basis, mode, chunk_size, min_maf, max_missi
     cy_gram = np.einsum("pni,pnj->pij", cy, cy) - np.einsum("pmi,pmj->pij", cy_rot, cy_rot)
     null = _null_models(structure.eigenvalues(basis), cy_rot, cy_gram, n, trace_ratio, max_iter)
     shared = jax.device_put(_Shared(
-        eigenvalues=structure.eigenvalues(basis), cov_rot=np.ascontiguousarray(cy_rot[0, :, :c]),
-        y_rot=np.ascontiguousarray(cy_rot[:, :, c].T), cov=cov, Y=Y, cy_null_gram=cy_gram,
+        eigenvalues=structure.eigenvalues(basis), cy_rows=np.concatenate([cov.T, Y.T]),
+        cy_rot_rows=np.concatenate([cy_rot[0, :, :c].T, cy_rot[:, :, c]]), cy_null_gram=cy_gram,
         null_log_lambda_remle=np.log(null.lambda_remle), null_log_lambda_mle=np.log(null.lambda_mle),
         null_logl_mle=null.logl_mle, trace_ratio=np.asarray(trace_ratio, np.float64),
     ))
@@ -668,8 +668,8 @@ def preload_kinship_scan(n: int, covariates: int, phenotypes: int, rank: int, ge
         c, p, m = covariates, phenotypes, rank
         null = chunk_criteria.null_data(like(m), np.zeros((m, c + 1)), np.zeros((c + 1, c + 1)), np.zeros(()))
         basis = structure.RotationRows(like(m, n, dtype=rotation_dtype), like(m, dtype=rotation_dtype))
-        shared = _Shared(like(m), like(m, c), like(m, p), like(n, c), like(n, p), like(p, c + 1, c + 1), like(p),
-                         like(p), like(p), like())
+        shared = _Shared(like(m), like(c + p, n), like(c + p, m), like(p, c + 1, c + 1), like(p), like(p), like(p),
+                         like())
         chunk = (np.zeros((n, width), transfer_dtype(genotype_dtype)), np.zeros(width, bool))
         return (executables.preload("null_fit", (null,), {"max_iter": max_iter})
                 + executables.preload("fit_chunk", (basis, shared, *chunk), _fit_options(
