@@ -21,6 +21,7 @@ import threading
 import numpy as np
 
 from ..validate import InputError
+from . import text_columns
 
 GEMMA_COLUMNS = ("chr", "rs", "ps", "n_miss", "allele1", "allele0", "af", "beta", "se", "logl_H1", "l_remle",
                  "l_mle", "p_wald", "p_lrt", "p_score")
@@ -40,29 +41,36 @@ def genomic_inflation(p_values: np.ndarray) -> float:
     return z * z / 0.45493642311957283
 
 
-def format_rows(columns: dict, bim, variants: slice) -> str:
-    """Table rows for variants ``variants`` of the genotype file: columns name -> (b,) scan values (one phenotype),
-    bim the variant annotation (a :class:`jaxlmm.io.plink.Bim`). Numbers print as ``%.6e`` (``nan`` when
-    missing), flags as 0/1, counts and text as they are; one ``%`` format per row."""
+def format_rows(columns: dict, bim, variants: slice) -> bytes:
+    """Table rows (UTF-8) for variants ``variants`` of the genotype file: columns name -> (b,) scan values (one
+    phenotype), bim the variant annotation (a :class:`jaxlmm.io.plink.Bim`). Numbers print as ``%.6e`` (``nan``
+    when missing), flags as 0/1, counts and text as they are; whole columns at once (:mod:`.text_columns`: 300,000
+    rows in about a tenth of the time of one ``%`` format per row)."""
     annotation = {"chr": bim.chrom, "rs": bim.rsid, "ps": bim.pos, "allele1": bim.allele1, "allele0": bim.allele0}
-    lists, formats = [], []
-    for name in GEMMA_COLUMNS + EXTRA_COLUMNS:
-        if name in annotation:
-            values, spec = np.asarray(annotation[name])[variants], "%s"
-        else:
-            values, spec = _column_and_format(np.asarray(columns[_SCAN_NAME.get(name, name)]))
-        lists.append(values.tolist())
-        formats.append(spec)
-    row = "\t".join(formats) + "\n"
-    return "".join(row % values for values in zip(*lists))
+    names = GEMMA_COLUMNS + EXTRA_COLUMNS
+    values = {name: np.asarray(annotation[name])[variants] if name in annotation
+              else np.asarray(columns[_SCAN_NAME.get(name, name)]) for name in names}
+    numbers = [name for name in names if name not in annotation and not _is_counted(values[name])]
+    fields = dict(zip(numbers, np.moveaxis(text_columns.exponent_text(np.stack([values[name] for name in numbers],
+                                                                                   axis=1)), 1, 0)))
+    for name in names:
+        if name not in fields:
+            fields[name] = _text(values[name])
+    return text_columns.join_rows([fields[name] for name in names])
 
 
-def _column_and_format(values: np.ndarray):
-    if values.dtype == bool:
-        return values.astype(np.int8), "%d"
-    if np.issubdtype(values.dtype, np.integer) or values.dtype.kind in "US":
-        return values, "%s"
-    return values.astype(float), "%.6e"
+def _is_counted(values: np.ndarray) -> bool:
+    """Flags, counts and text print as they are; every other scan column is a number printed as ``%.6e``."""
+    return values.dtype == bool or np.issubdtype(values.dtype, np.integer) or values.dtype.kind in "US"
+
+
+def _text(values: np.ndarray) -> np.ndarray:
+    """A column printed as ``%s``: flags as 0/1, integers as digits, text as it is, anything else as Python's str."""
+    if values.dtype == bool or np.issubdtype(values.dtype, np.integer):
+        return text_columns.integer_text(values)
+    if values.dtype.kind in "US":
+        return text_columns.string_text(values)
+    return text_columns.value_text(values)
 
 
 class ResumableTable:
@@ -131,7 +139,8 @@ class ResumableTable:
             text, rows = item
             try:
                 if self._error is None:  # after an error: drain, the caller hears of the first one
-                    self.handle.write((text() if callable(text) else text).encode())
+                    text = text() if callable(text) else text
+                    self.handle.write(text.encode() if isinstance(text, str) else text)
                     self.committed_rows += rows
                     self._commit()
             except Exception as err:  # noqa: BLE001  re-raised in the caller's thread
