@@ -189,6 +189,8 @@ def minimize_elementwise(
     lane_derivatives: Callable | None = None,
     compact_lanes: int | None = None,
     settled: Callable | None = None,
+    skip: jnp.ndarray | None = None,
+    first_lanes: int | None = None,
 ) -> ElementwiseResult:
     """Minimize a separable objective ``objective(t) -> (B,)`` (entry b depends on t[b] only) on [lower, upper].
 
@@ -215,8 +217,16 @@ def minimize_elementwise(
     evaluations. Every element's iterates are the same either way; the Newton transformation is stateless, which is
     what makes gathering elements valid.
 
-    ``settled(value, gradient, curvature) -> (B,) bool``, applied after the first evaluation: elements the caller
-    knows it does not need refined (e.g. an optimum elsewhere certainly beats this one) stop there, unconverged.
+    ``settled(value, gradient, curvature, index) -> bool``, applied after each element's first evaluation (index:
+    the elements' positions in the batch, as the other arguments are those of some elements only when gathered):
+    elements the caller knows it does not need refined (e.g. an optimum elsewhere certainly beats this one) stop
+    there.
+
+    ``skip`` (B,) bool: elements the caller needs no optimum for, known before any evaluation; they are never
+    evaluated and come back at their start with value inf, gradient NaN, not converged, no iterations (and aux
+    zeros). ``first_lanes=K1`` (with ``lane_derivatives`` and ``compact_lanes``): the first evaluation covers the
+    first K1 elements not skipped, gathered, and any further ones get theirs in the gathered loop. Together they make
+    a batch in which few elements need fitting pay for those only, with shapes fixed at compile time.
     """
     solver = optax.chain(scale_by_elementwise_newton(max_step), optax.scale(-1.0))
     ones = jnp.ones_like(params0)
@@ -251,42 +261,66 @@ def minimize_elementwise(
         iterations: jnp.ndarray
         done: jnp.ndarray
         step_scale: jnp.ndarray  # 1, or a quarter of the last rejected step's scale
+        fresh: jnp.ndarray  # not evaluated yet: the next evaluation is at params, and is taken whatever it gives
+        element: jnp.ndarray  # the element's position in the batch (for settled)
         aux: object
 
     def advance(lanes: Lanes, evaluate) -> Lanes:
         """One derivative evaluation: try the (scaled) Newton point; keep it if the objective did not rise beyond
-        rounding, else stay and try a quarter of that step next time."""
+        rounding, else stay and try a quarter of that step next time. A fresh element is evaluated at its start."""
         updates, _ = solver.update(lanes.grad, solver.init(lanes.params), lanes.params, curvature=lanes.curv)
-        candidate = jnp.clip(lanes.params + lanes.step_scale * updates, lower, upper)
+        candidate = jnp.where(lanes.fresh, lanes.params,
+                              jnp.clip(lanes.params + lanes.step_scale * updates, lower, upper))
         value, grad, curv, aux = evaluate(candidate)
-        accept = (value <= lanes.value + ftol * (1.0 + jnp.abs(lanes.value))) & ~lanes.done
+        first = lanes.fresh & ~lanes.done
+        accept = (first | (value <= lanes.value + ftol * (1.0 + jnp.abs(lanes.value)))) & ~lanes.done
         keep = lambda new, old: jnp.where(accept, new, old)  # noqa: E731
         params, value, grad, curv = (keep(candidate, lanes.params), keep(value, lanes.value),
                                      keep(grad, lanes.grad), keep(curv, lanes.curv))
         aux = jax.tree.map(lambda new, old: jnp.where(accept.reshape(accept.shape + (1,) * (new.ndim - 1)), new, old),
                            aux, lanes.aux)
-        iterations = lanes.iterations + jnp.where(lanes.done, 0, 1)
+        iterations = lanes.iterations + jnp.where(lanes.done | lanes.fresh, 0, 1)
         done = finished(params, grad, curv) | lanes.done | (iterations >= max_iter)
+        if settled is not None:
+            done = done | (first & settled(value, grad, curv, lanes.element.astype(jnp.int32)))
         step_scale = jnp.where(accept, 1.0, 0.25 * lanes.step_scale)
-        return Lanes(params, value, grad, curv, iterations, done, step_scale, aux)
+        return Lanes(params, value, grad, curv, iterations, done, step_scale, lanes.fresh & lanes.done, lanes.element,
+                     aux)
 
     size = params0.shape[0] if params0.ndim else 1
     params0 = jnp.clip(params0, lower, upper)
-    value0, grad0, curv0, aux0 = evaluate_all(params0)
-    done0 = finished(params0, grad0, curv0)
-    if settled is not None:
-        done0 = done0 | settled(value0, grad0, curv0)
     zero = jnp.zeros(params0.shape, jnp.int32)
-    initial = Lanes(params0, value0, grad0, curv0, zero, done0, jnp.ones_like(params0), aux0)
-    if lane_derivatives is not None and compact_lanes is not None and params0.ndim == 1 and compact_lanes < size:
-        final = _gathered_loop(advance, with_aux(lane_derivatives), initial, compact_lanes, max_iter)
+    element = jnp.arange(size).reshape(params0.shape)
+    gathered = (lane_derivatives is not None and compact_lanes is not None and params0.ndim == 1
+                and compact_lanes < size)
+    compacted = gathered and (first_lanes is not None or skip is not None)
+    skip = jnp.zeros(params0.shape, bool) if skip is None else skip
+    if compacted:  # nothing evaluated yet: the gathered loop's first round evaluates up to first_lanes elements
+        evaluate_lanes = with_aux(lane_derivatives)
+        aux_like = jax.eval_shape(evaluate_lanes, params0, jnp.arange(size))[3]
+        unknown = jnp.full_like(params0, jnp.nan)
+        initial = Lanes(params0, jnp.full_like(params0, jnp.inf), unknown, unknown, zero, skip, jnp.ones_like(params0),
+                        jnp.ones(params0.shape, bool), element,
+                        jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux_like))
+        final = _gathered_loop(advance, evaluate_lanes, initial, compact_lanes, max_iter,
+                               first=min(first_lanes or size, size))
     else:
-        def step(carry):
-            lanes, count = carry
-            return advance(lanes, evaluate_all), count + 1
+        value0, grad0, curv0, aux0 = evaluate_all(params0)
+        done0 = finished(params0, grad0, curv0) | skip
+        if settled is not None:
+            done0 = done0 | settled(value0, grad0, curv0, element)
+        value0, grad0, curv0 = (jnp.where(skip, unset, a) for unset, a in ((jnp.inf, value0), (jnp.nan, grad0),
+                                                                            (jnp.nan, curv0)))
+        initial = Lanes(params0, value0, grad0, curv0, zero, done0, jnp.ones_like(params0), skip, element, aux0)
+        if gathered:
+            final = _gathered_loop(advance, with_aux(lane_derivatives), initial, compact_lanes, max_iter)
+        else:
+            def step(carry):
+                lanes, count = carry
+                return advance(lanes, evaluate_all), count + 1
 
-        final, _ = jax.lax.while_loop(lambda carry: (~jnp.all(carry[0].done)) & (carry[1] < max_iter), step,
-                                      (initial, jnp.asarray(0)))
+            final, _ = jax.lax.while_loop(lambda carry: (~jnp.all(carry[0].done)) & (carry[1] < max_iter), step,
+                                          (initial, jnp.asarray(0)))
     converged, at_bound = status(final.params, final.grad, final.curv)
     polish = jnp.zeros_like(final.params)
     if polish_xtol is not None:
@@ -296,12 +330,13 @@ def minimize_elementwise(
                              polish, final.aux if has_aux else None)
 
 
-def _gathered_loop(advance, evaluate_lanes, initial, k, max_iter):
+def _gathered_loop(advance, evaluate_lanes, initial, k, max_iter, first=None):
     """The loop of :func:`minimize_elementwise` in gathered batches of k elements: each iteration takes the first k
     elements still going, gathers them (padding with repeats of the last element, whose results are dropped),
     advances them one evaluation and puts them back; more than k elements still going take several iterations.
     advance(lanes, evaluate) is the one-evaluation update; evaluate_lanes(t (k,), index (k,)) -> (value, grad,
-    curv, aux); initial: the evaluated starting points of all elements (every leaf (B, ...)).
+    curv, aux); initial: the starting points of all elements (every leaf (B, ...)), evaluated or fresh; first: the
+    size of a first round taken before the loop (the first evaluation of fresh elements).
 
     The loop carries the state as one (F, B) matrix (every leaf flattened, flags and counts as floats, exactly), so
     an iteration is one gather in and one gather back: per-leaf gathers and scatters made the compiled program
@@ -322,7 +357,7 @@ def _gathered_loop(advance, evaluate_lanes, initial, k, max_iter):
 
     done_row = list(initial._fields).index("done")  # params .. done are (B,) leaves ahead of aux
 
-    def step(carry):
+    def step(carry, k=k):
         state, count = carry
         index = jnp.nonzero(state[done_row] == 0, size=k, fill_value=size)[0]  # size: padding
         clipped = jnp.minimum(index, size - 1)
@@ -332,7 +367,9 @@ def _gathered_loop(advance, evaluate_lanes, initial, k, max_iter):
         slot = jnp.full(size, k).at[index].set(jnp.arange(k), mode="drop")  # lane -> its place in the batch, or k
         return jnp.where(slot < k, new[:, jnp.minimum(slot, k - 1)], state), count + 1
 
-    rounds = max_iter * (-(-size // k))  # enough for every element's max_iter steps
-    final, _ = jax.lax.while_loop(lambda carry: jnp.any(carry[0][done_row] == 0) & (carry[1] < rounds), step,
-                                  (stack(initial), jnp.asarray(0)))
+    carry = (stack(initial), jnp.asarray(0))
+    if first is not None:  # elements not evaluated yet: a first round of their own size
+        carry = step(carry, first)
+    rounds = (max_iter + 1) * (-(-size // k))  # enough for every element's first evaluation and max_iter steps
+    final, _ = jax.lax.while_loop(lambda carry: jnp.any(carry[0][done_row] == 0) & (carry[1] < rounds), step, carry)
     return unstack(final)

@@ -138,8 +138,10 @@ def _hermite_start(points, values, grads, curvs):
     start (the best grid point when there is no interior candidate). Boundary candidates: an end of the search
     interval whose gradient points outwards, valued exactly. Newton then refines the start, and
     :func:`_choose_boundary` keeps a boundary optimum that beats the refined interior one (an interpolated estimate
-    is not exact enough to choose between close optima). Returns (start, boundary point, boundary value), each (B,);
-    the boundary value is inf where neither end is a local optimum."""
+    is not exact enough to choose between close optima). Returns (start, boundary point, boundary value, interior
+    value), each (B,): the boundary value is inf where neither end is a local optimum; the interior value is the
+    quintic's value at the start (inf where there is no interior candidate), which :func:`_boundary_certain`
+    compares with the boundary's."""
     h = (points[1:] - points[:-1])[:, None]  # (G-1, 1)
     fa, fb, da, db = values[:-1], values[1:], grads[:-1] * h, grads[1:] * h
     # the cubic on values and gradients, p(s) = a3 s^3 + a2 s^2 + da s + fa on s in [0, 1], has its minimum at
@@ -153,19 +155,21 @@ def _hermite_start(points, values, grads, curvs):
     stacked = jnp.stack([jnp.broadcast_to(a, inside_value.shape) for a in (
         points[:-1, None], h, s, fa, fb, da, db, curvs[:-1] * h * h, curvs[1:] * h * h)])  # (9, G-1, B)
     start, width, *interval = jnp.take_along_axis(stacked, k[None, None], axis=1)[:, 0]
-    inside = start + _quintic_minimum(*interval) * width
+    s_min, quintic_value = _quintic_minimum(*interval)
+    inside = start + s_min * width
     lower_value = jnp.where(grads[0] >= 0, values[0], jnp.inf)
     upper_value = jnp.where(grads[-1] <= 0, values[-1], jnp.inf)
     boundary = jnp.where(upper_value < lower_value, points[-1], points[0])
     boundary_value = jnp.minimum(lower_value, upper_value)
     fallback = jnp.where(jnp.isfinite(boundary_value), boundary, points[jnp.argmin(values, axis=0)])
-    start = jnp.where(jnp.isfinite(jnp.min(inside_value, axis=0)), inside, fallback)
-    return start, boundary, boundary_value
+    interior = jnp.isfinite(jnp.min(inside_value, axis=0))
+    start = jnp.where(interior, inside, fallback)
+    return start, boundary, boundary_value, jnp.where(interior, quintic_value, jnp.inf)
 
 
 def _quintic_minimum(s, fa, fb, da, db, ca, cb):
     """Minimum on [0, 1] of the quintic q(s) with value, first and second derivative fa, da, ca at 0 and fb, db, cb
-    at 1 (all (B,)), by Newton steps on q' from s."""
+    at 1 (all (B,)), by Newton steps on q' from s. Returns (s, q(s))."""
     r1, r2, r3 = fb - fa - da - 0.5 * ca, db - da - ca, cb - ca
     q1, q2 = da, 0.5 * ca
     q3, q4, q5 = 10.0 * r1 - 4.0 * r2 + 0.5 * r3, -15.0 * r1 + 7.0 * r2 - r3, 6.0 * r1 - 3.0 * r2 + 0.5 * r3
@@ -173,18 +177,35 @@ def _quintic_minimum(s, fa, fb, da, db, ca, cb):
         slope = q1 + s * (2.0 * q2 + s * (3.0 * q3 + s * (4.0 * q4 + s * 5.0 * q5)))
         bend = 2.0 * q2 + s * (6.0 * q3 + s * (12.0 * q4 + s * 20.0 * q5))
         s = jnp.clip(jnp.where(bend > 0, s - slope / jnp.where(bend > 0, bend, 1.0), s), 0.0, 1.0)
-    return s
+    return s, fa + s * (q1 + s * (q2 + s * (q3 + s * (q4 + s * q5))))
 
 
-def _boundary_wins(boundary_value, value, grad, curv):
+def _boundary_wins(boundary_value, value, grad, curv, index=None):
     """Where the boundary optimum (boundary_value) certainly beats the interior one near a start with criterion
     value, gradient and curvature (B,): when the Newton step d = grad / curv is short (at most 1e-3), the interior
     minimum is value - curv d^2 / 2 up to a cubic term (third derivative x d^3 / 6, below 2e-10 x the third
     derivative), and the boundary must be lower than value - curv d^2 (twice the predicted decrease) by more than
-    rounding. Such fits need no refining: Newton would only confirm that the boundary wins."""
+    rounding. Such fits need no refining: Newton would only confirm that the boundary wins. index: the fits whose
+    value, grad and curv these are (None: all of boundary_value's, in order)."""
+    if index is not None:
+        boundary_value = boundary_value[index]
     step = jnp.abs(grad) / jnp.where(curv > 0, curv, 1.0)
     margin = grad * grad / jnp.where(curv > 0, curv, 1.0) + 1e-9 * (1.0 + jnp.abs(value))
     return (curv > 0) & (step <= 1e-3) & (boundary_value < value - margin)
+
+
+BOUNDARY_MARGIN = 0.1  # -2 log L units by which a boundary optimum must beat the interpolated interior one unrefined
+
+
+def _boundary_certain(boundary_value, interior_value):
+    """Where the grid alone decides for the boundary optimum (B,) bool: the boundary's exact value beats the
+    interior candidate's interpolated value (:func:`_hermite_start`; inf where there is none) by more than
+    :data:`BOUNDARY_MARGIN` (plus 1e-9 relative). The quintic's value at its minimum was within 1.4e-4 of the refined
+    optimum's on every interior fit of mouse HS1940 and a simulated N = 500 set (median 2e-9), so a margin of 0.1
+    is three orders of magnitude beyond any interpolation error seen; closer calls are refined as before. Such fits
+    are not evaluated at all (N = 500: every ML fit, where the boundary wins by 2.6 to 7 units)."""
+    return jnp.isfinite(boundary_value) & (boundary_value < interior_value - BOUNDARY_MARGIN
+                                           - 1e-9 * jnp.abs(boundary_value))
 
 
 def _choose_boundary(boundary_value, values):
@@ -334,7 +355,7 @@ def _fit_chunk(rotation_basis, shared: _Shared, raw, excluded, *, c, exact, max_
             grid = _search_grid(t_remle0, t_mle0)
             (start_remle, *edge_remle), (start_mle, *edge_mle) = (
                 _hermite_start(grid, *triple) for triple in chunk_criteria.grid_criterion_derivatives(grid, data))
-            boundary, boundary_value = (jnp.concatenate(pair) for pair in zip(edge_remle, edge_mle))
+            boundary, boundary_value, interior_value = (jnp.concatenate(pair) for pair in zip(edge_remle, edge_mle))
             doubled = data._replace(x=jnp.concatenate([data.x, data.x], axis=1),
                                     null_x_shared=jnp.concatenate([data.null_x_shared] * 2, axis=1),
                                     null_xx=jnp.concatenate([data.null_xx] * 2))
@@ -343,7 +364,8 @@ def _fit_chunk(rotation_basis, shared: _Shared, raw, excluded, *, c, exact, max_
                 start_remle, start_mle, max_iter,
                 lambda t, index, reml_lanes: chunk_criteria.chunk_criterion_expansion(
                     t, chunk_criteria.select_variants(doubled, index), reml_lanes),
-                polish_xtol=POLISH_XTOL, has_aux=True, settled=partial(_boundary_wins, boundary_value))
+                polish_xtol=POLISH_XTOL, has_aux=True, settled=partial(_boundary_wins, boundary_value),
+                skip=_boundary_certain(boundary_value, interior_value), first_lanes=b)
             edge = _choose_boundary(boundary_value, fit.value)
             optima = jnp.where(edge, boundary, fit.params)
             # statistics at the optima without another pass: the last evaluation's expansion carried over the

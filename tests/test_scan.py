@@ -209,3 +209,39 @@ def test_four_devices_equal_one(tmp_path):
     # per-variant Newton stops within its tolerance of the same optimum)
     for key in multi.files:
         np.testing.assert_allclose(multi[key], single[key], rtol=1e-8, err_msg=key)
+
+
+def test_fits_the_grid_decides_for_the_boundary_are_the_fits_refined_before_the_boundary_wins(monkeypatch):
+    """Boundary optima certain from the grid (ML here, as in the simulated N = 500 set: unrelated samples of ten
+    populations, a phenotype mostly of the kinship) are not refined: the scan equals the one that refines every
+    interior candidate first (BOUNDARY_MARGIN = inf, nothing certain)."""
+    import importlib
+
+    import jax
+
+    scan_module = importlib.import_module("jaxlmm.scan")
+    rng = np.random.default_rng(7)
+    n, m = 300, 128
+    population = rng.integers(10, size=n)
+
+    def genotypes_of(b):
+        p = rng.uniform(0.05, 0.5, size=b)
+        local = rng.beta(p * 19, (1 - p) * 19, size=(10, b))
+        return rng.binomial(2, local[population]).astype(np.int8)
+
+    background = genotypes_of(3000).astype(float)
+    centred = background - background.mean(axis=0)
+    K = centred @ centred.T / 3000
+    genotypes = genotypes_of(m)
+    y = rng.normal(size=n) + centred @ rng.normal(scale=0.05, size=3000)
+    decided = scan(y, genotypes, kinship=K, chunk_size=m).columns
+    at_bound = {key: np.isclose(decided[key], 1e5, rtol=1e-12) for key in ("lambda_mle", "lambda_remle")}
+    assert at_bound["lambda_mle"].all() and not at_bound["lambda_remle"].all()
+    jax.clear_caches()  # the margin is read when the chunk fit is traced
+    monkeypatch.setattr(scan_module, "BOUNDARY_MARGIN", np.inf)
+    refined = scan(y, genotypes, kinship=K, chunk_size=m).columns
+    jax.clear_caches()
+    for key in ("beta", "se", "p_wald", "p_lrt", "p_score", "lambda_remle", "lambda_mle", "logl_mle", "logl_remle"):
+        np.testing.assert_allclose(decided[key], refined[key], rtol=1e-9, atol=0, err_msg=key)
+    np.testing.assert_array_equal(decided["status"], refined["status"])
+    np.testing.assert_array_equal(decided["converged"], refined["converged"])

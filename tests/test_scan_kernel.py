@@ -59,15 +59,18 @@ def test_hermite_start_recovers_the_minimum_of_a_quintic_and_boundary_optima():
     points = jnp.linspace(-3.0, 3.0, 7)
     minima = jnp.asarray([-2.2, 0.37, 1.9])
     quintic = lambda t, m: (t - m) ** 2 * (t + 10.0) * (t * t + 5.0)  # noqa: E731  exact for quintic Hermite
-    np.testing.assert_allclose(scan_module._hermite_start(points, *_with_derivatives(quintic, points, minima))[0],
-                               minima, atol=1e-12)
+    start, _, _, interior = scan_module._hermite_start(points, *_with_derivatives(quintic, points, minima))
+    np.testing.assert_allclose(start, minima, atol=1e-12)
+    np.testing.assert_allclose(interior, 0.0, atol=1e-9)  # the quintic's value at its minimum
     rising, falling = points[:, None] * jnp.ones(2), -points[:, None] * jnp.ones(2)
-    start, boundary, value = scan_module._hermite_start(points, jnp.concatenate([rising, falling], 1),
-                                                        jnp.concatenate([jnp.ones((7, 2)), -jnp.ones((7, 2))], 1),
-                                                        jnp.zeros((7, 4)))
+    start, boundary, value, interior = scan_module._hermite_start(
+        points, jnp.concatenate([rising, falling], 1), jnp.concatenate([jnp.ones((7, 2)), -jnp.ones((7, 2))], 1),
+        jnp.zeros((7, 4)))
     np.testing.assert_array_equal(start, [-3.0, -3.0, 3.0, 3.0])
     np.testing.assert_array_equal(boundary, start)
     np.testing.assert_array_equal(value, [-3.0, -3.0, -3.0, -3.0])
+    np.testing.assert_array_equal(interior, [np.inf] * 4)  # no interior candidate: the boundary is certain
+    np.testing.assert_array_equal(scan_module._boundary_certain(value, interior), [True] * 4)
 
 
 def test_quintic_start_is_within_the_polish_threshold_on_a_smooth_criterion():
@@ -91,13 +94,18 @@ def test_a_boundary_optimum_that_beats_the_refined_interior_one_is_kept():
         return depth * jnp.exp(-2.0 * (t + 1.0) ** 2) - 0.1 * (t + 3.0)
 
     points = jnp.linspace(-3.0, 3.0, 13)
-    start, boundary, boundary_value = scan_module._hermite_start(points, *_with_derivatives(criterion, points, depths))
+    start, boundary, boundary_value, interior = scan_module._hermite_start(
+        points, *_with_derivatives(criterion, points, depths))
     assert bool(jnp.all(start < 0)) and bool(jnp.all(boundary == 3.0))
     np.testing.assert_allclose(boundary_value, -0.6)
     fine = jnp.linspace(-3.0, 0.0, 30001)  # the refined interior minima
     well = jax.vmap(criterion, in_axes=(None, 0), out_axes=1)(fine, depths)
     refined_value = jnp.min(well, axis=0)
     np.testing.assert_array_equal(scan_module._choose_boundary(boundary_value, refined_value), [True, False])
+    np.testing.assert_allclose(interior, refined_value, atol=1e-3)  # interpolated on a coarse grid
+    # the shallow well loses to the end by ~0.2 > BOUNDARY_MARGIN: decided on the grid; the deep one wins
+    np.testing.assert_array_equal(scan_module._boundary_certain(boundary_value, interior), [True, False])
+    np.testing.assert_array_equal(scan_module._boundary_certain(boundary_value, refined_value - 0.15), [False, False])
 
 
 def test_expansion_carries_the_statistics_over_a_short_step():
@@ -157,12 +165,11 @@ def test_compact_genotype_types_give_the_float64_results():
         np.testing.assert_array_equal(columns["status"], reference["status"])
 
 
-def test_gathered_stragglers_follow_the_same_iterates_as_the_whole_batch():
-    """With lane_derivatives, every evaluation after the first is of at most 8 elements still going (gathered);
-    every element's iterates, iteration count and result are the same as with whole-batch evaluations."""
-    rng = np.random.default_rng(2)
-    target = jnp.asarray(rng.uniform(-2.0, 2.0, 40))
-    steepness = jnp.asarray(np.where(np.arange(40) < 5, 0.05, 1.0))  # five slow elements
+def _separable_objective(seed, slow):
+    """derivatives(t, index) -> value, gradient, curvature of 40 one-dimensional problems (those listed: index), the
+    ``slow`` ones (40,) bool flat enough to take many Newton steps."""
+    target = jnp.asarray(np.random.default_rng(seed).uniform(-2.0, 2.0, 40))
+    steepness = jnp.asarray(np.where(slow, 0.05, 1.0))
 
     def derivatives_of(t, index):
         f = lambda s: jnp.cosh((s - target[index]) * steepness[index]) + 0.1 * (s - target[index]) ** 4  # noqa: E731
@@ -170,6 +177,13 @@ def test_gathered_stragglers_follow_the_same_iterates_as_the_whole_batch():
         (v, g), (_, h) = jax.jvp(lambda s: jax.jvp(f, (s,), (ones,)), (t,), (ones,))
         return v, g, h
 
+    return derivatives_of
+
+
+def test_gathered_stragglers_follow_the_same_iterates_as_the_whole_batch():
+    """With lane_derivatives, every evaluation after the first is of at most 8 elements still going (gathered);
+    every element's iterates, iteration count and result are the same as with whole-batch evaluations."""
+    derivatives_of = _separable_objective(seed=2, slow=np.arange(40) < 5)  # five slow elements
     everything = jnp.arange(40)
     whole = minimize_elementwise(lambda t: derivatives_of(t, everything)[0], jnp.zeros(40), -5.0, 5.0, max_iter=40,
                                  derivatives=lambda t: derivatives_of(t, everything))
@@ -190,6 +204,42 @@ def test_gathered_stragglers_follow_the_same_iterates_as_the_whole_batch():
     assert int(whole.iterations[:5].min()) > int(whole.iterations[5:].max())  # the slow ones did go on alone
 
 
+def test_skipped_elements_are_never_evaluated_and_the_others_follow_the_same_iterates():
+    """skip: those elements are not evaluated (start, value inf, gradient NaN, not converged, no iterations);
+    first_lanes smaller than the elements to fit: the rest get their first evaluation in the gathered loop. Every
+    other element's iterates and result equal whole-batch evaluations without skipping, also with settled."""
+    derivatives_of = _separable_objective(seed=5, slow=np.arange(40) % 7 == 0)
+    skip = jnp.asarray(np.arange(40) % 3 == 1)
+    everything = jnp.arange(40)
+    settled = lambda value, grad, curv, index: index == 6  # noqa: E731
+    evaluated = []
+
+    def counted(t, index):
+        jax.debug.callback(lambda i: evaluated.extend(np.asarray(i).tolist()), index)
+        return derivatives_of(t, index)
+
+    options = dict(max_iter=40, derivatives=lambda t: derivatives_of(t, everything), settled=settled)
+    whole = minimize_elementwise(lambda t: derivatives_of(t, everything)[0], jnp.zeros(40), -5.0, 5.0, **options)
+    for first_lanes in (8, 40):
+        evaluated.clear()
+        result = minimize_elementwise(lambda t: derivatives_of(t, everything)[0], jnp.zeros(40), -5.0, 5.0,
+                                      lane_derivatives=counted, compact_lanes=8, skip=skip, first_lanes=first_lanes,
+                                      **options)
+        assert not set(np.flatnonzero(skip)) & set(evaluated)
+        kept = ~np.asarray(skip)
+        for a, b in zip(whole[:6], result[:6]):
+            np.testing.assert_array_equal(np.asarray(a)[kept], np.asarray(b)[kept])
+        np.testing.assert_array_equal(result.params[skip], 0.0)
+        np.testing.assert_array_equal(result.value[skip], np.inf)
+        assert bool(jnp.all(jnp.isnan(result.gradient[skip]))) and not bool(jnp.any(result.converged[skip]))
+        np.testing.assert_array_equal(result.iterations[skip], 0)
+        assert int(result.iterations[6]) == 0 and not bool(result.converged[6])  # settled at its first evaluation
+    ungathered = minimize_elementwise(lambda t: derivatives_of(t, everything)[0], jnp.zeros(40), -5.0, 5.0, skip=skip,
+                                      **options)
+    for a, b in zip(result[:6], ungathered[:6]):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_a_boundary_that_certainly_wins_settles_the_fit_and_a_near_tie_does_not():
     """_boundary_wins: decided from the first evaluation when the boundary beats twice the predicted decrease;
     a near tie (within the cubic term's reach), a long step or negative curvature leave the fit to Newton."""
@@ -204,7 +254,7 @@ def test_settled_elements_stop_after_the_first_evaluation():
     target = jnp.asarray([0.5, -1.2, 2.0])
     objective = lambda t: jnp.cosh(t - target)  # noqa: E731
     result = minimize_elementwise(objective, jnp.zeros(3), -5.0, 5.0, max_iter=30,
-                                  settled=lambda value, grad, curv: jnp.asarray([False, True, False]))
+                                  settled=lambda value, grad, curv, index: jnp.asarray([False, True, False])[index])
     np.testing.assert_array_equal(result.iterations == 0, [False, True, False])
     np.testing.assert_array_equal(result.converged, [True, False, True])
     assert float(result.params[1]) == 0.0
