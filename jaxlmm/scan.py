@@ -302,24 +302,41 @@ class _Shared(NamedTuple):
     trace_ratio: jnp.ndarray  # ()  tr(K)/n
 
 
-def _device_impute(raw, excluded, min_maf: float, max_missing: float):
-    """Mean imputation and variant filters of a chunk on the device. raw: (n, B) genotypes, NaN missing; excluded:
-    (B,) bool, variants left out by the host (padding, Hardy-Weinberg). Returns the (n, B) matrix to fit (a
-    well-posed filler column in place of every variant not analyzed: it would stall the batch) and a dict of (B,)
-    arrays n_miss, af (NaN when nothing was observed), spread (max - min of the imputed column), ok (fitted)."""
+def _device_impute(raw, excluded, min_maf: float, max_missing: float, dtype=jnp.float64):
+    """Mean imputation and variant filters of a chunk on the device. raw: (n, B) genotypes as they travel (integer
+    counts, negative where missing, or floats with NaN where missing); excluded: (B,) bool, variants left out by the
+    host (padding, Hardy-Weinberg). Returns the (n, B) matrix to fit, in dtype (a well-posed filler column in place of
+    every variant not analyzed: it would stall the batch), and a dict of (B,) arrays n_miss, af (NaN when nothing was
+    observed), spread (max - min of the imputed column), ok (fitted).
+
+    Integer counts are summarized in integers (exact: counts, sums, minimum and maximum of the observed values) and
+    widened once, into the imputed matrix itself; floats are summarized in dtype. Both give the same numbers for the
+    same genotypes."""
     n = raw.shape[0]
-    missing = jnp.isnan(raw)
-    n_miss = jnp.sum(missing, axis=0)
-    n_obs = n - n_miss
-    means = jnp.sum(jnp.where(missing, 0.0, raw), axis=0) / jnp.maximum(n_obs, 1)
-    imputed = jnp.where(missing, means, raw)
-    spread = jnp.max(imputed, axis=0) - jnp.min(imputed, axis=0)  # 0: every observed value is the same
+    if jnp.issubdtype(raw.dtype, jnp.integer):
+        missing = raw < 0
+        n_miss = jnp.sum(missing, axis=0, dtype=jnp.int32)
+        total = jnp.sum(jnp.where(missing, 0, raw), axis=0, dtype=jnp.int32)
+        largest = jnp.max(raw, axis=0)  # a missing value (negative) never exceeds an observed one
+        smallest = jnp.min(jnp.where(missing, jnp.iinfo(raw.dtype).max, raw), axis=0)
+        n_obs = n - n_miss
+        means = total.astype(dtype) / jnp.maximum(n_obs, 1).astype(dtype)
+        spread = jnp.where(n_obs > 0, (largest.astype(jnp.int32) - smallest.astype(jnp.int32)).astype(dtype), 0.0)
+        values = raw.astype(dtype)
+    else:
+        values = raw.astype(dtype)
+        missing = jnp.isnan(values)
+        n_miss = jnp.sum(missing, axis=0)
+        n_obs = n - n_miss
+        means = jnp.sum(jnp.where(missing, 0.0, values), axis=0) / jnp.maximum(n_obs, 1)
+        imputed = jnp.where(missing, means, values)
+        spread = jnp.max(imputed, axis=0) - jnp.min(imputed, axis=0)  # 0: every observed value is the same
     af = jnp.where(n_obs > 0, means / 2.0, jnp.nan)
     ok = ~excluded & (n_obs > 0) & (spread > 0) & (n_miss / n <= max_missing)
     if min_maf > 0:  # genotypes that are not allele counts (e.g. standardized) are scanned with min_maf=0
         ok &= jnp.minimum(af, 1.0 - af) >= min_maf
-    filler = (jnp.arange(n) % 2).astype(raw.dtype)[:, None]
-    return jnp.where(ok, imputed, filler), dict(n_miss=n_miss, af=af, spread=spread, ok=ok)
+    filler = (jnp.arange(n) % 2).astype(dtype)[:, None]
+    return jnp.where(ok, jnp.where(missing, means, values), filler), dict(n_miss=n_miss, af=af, spread=spread, ok=ok)
 
 
 @partial(jax.jit, static_argnames=("c", "exact", "max_iter", "rotation_dtype", "block", "min_maf", "max_missing"))
@@ -331,7 +348,7 @@ def _fit_chunk(rotation_basis, shared: _Shared, raw, excluded, *, c, exact, max_
     rotation_basis is the kernel's basis in rotation_dtype (:func:`jaxlmm.structure.for_rotation`): U'X runs in that
     precision, everything after in float64.
     """
-    genotypes, variants = _device_impute(with_nan(raw, shared.cy_rows.dtype), excluded, min_maf, max_missing)
+    genotypes, variants = _device_impute(raw, excluded, min_maf, max_missing, shared.cy_rows.dtype)
     x_rot = structure.rotate(rotation_basis, genotypes.astype(rotation_dtype)).astype(genotypes.dtype)  # (m, B)
     xx = jnp.sum(genotypes * genotypes, axis=0) - jnp.sum(x_rot * x_rot, axis=0)  # (B,)
     cy_x = shared.cy_rows @ genotypes - shared.cy_rot_rows @ x_rot  # (c+P, B): [C Y]'(I - UU') x_b
