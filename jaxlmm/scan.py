@@ -25,7 +25,8 @@ lambda = s2_g / s2_e is searched on GEMMA's interval [1e-5, 1e5]: a 10-point log
 lambdas and points 0.2 and 0.5 either side of them, where most variants' optima lie) with criteria, gradients and
 curvatures picks the starting point (:func:`_hermite_start`), so a multimodal criterion does not trap the search;
 Newton steps refine it (most variants need one evaluation, at the start; the few that need more are iterated by
-themselves); an optimum beyond the interval is reported at its end, as GEMMA does.
+themselves; a fit whose end of the interval beats its interpolated interior optimum by a clear margin is not evaluated
+at all, :func:`_boundary_certain`); an optimum beyond the interval is reported at its end, as GEMMA does.
 The statistics at the optimum are carried from the last evaluation's Taylor coefficients over the final short step
 (:func:`jaxlmm.chunk_criteria.extrapolated`), so no pass over the chunk is spent on them.
 
