@@ -239,16 +239,20 @@ def _along(parts, eps):
     return entries, logdet
 
 
-def _derivatives_from_taylor(parts, data: ChunkData, method, shape):
-    """Derivatives in log lambda of the criterion, value first, from those of the Gram entries and log|H| (one
-    (entries, logdet_h) pair per order, every array of the given shape): the covariate elimination and the profiled
-    criterion run once on truncated Taylor series (:mod:`jaxlmm.series`), so they cost a few arrays of that shape
-    per order."""
-    c, p = data.shared.shape[0] - 1, data.shared.shape[0]
+def _projected_series(parts, data: ChunkData, shape) -> Projected:
+    """:class:`Projected` statistics as truncated Taylor series in log lambda (:mod:`jaxlmm.series`), from those of
+    the Gram entries and log|H| (one (entries, logdet_h) pair per order, every array of the given shape): the
+    covariate elimination runs once on the series, so it costs a few arrays of that shape per order."""
     entries = {key: series.Series(tuple(jnp.broadcast_to(part[0][key], shape) for part in parts))
                for key in parts[0][0]}
     logdet_h = series.Series(tuple(jnp.broadcast_to(part[1], shape) for part in parts))
-    stats = project_covariates(entries, logdet_h, c)
+    return project_covariates(entries, logdet_h, data.shared.shape[0] - 1)
+
+
+def _derivatives_from_taylor(parts, data: ChunkData, method, shape):
+    """Derivatives in log lambda of the criterion, value first (see :func:`_projected_series`); method: "REML",
+    "ML" or a bool array choosing REML per lane."""
+    stats, p = _projected_series(parts, data, shape), data.shared.shape[0]
     if isinstance(method, str):
         return criterion(stats, data.n, p, method).terms
     return criterion_by_lane(stats, data.n, p, method).terms
@@ -288,7 +292,8 @@ def grid_criterion_derivatives(log_ratios, data: ChunkData, methods=("REML", "ML
     parts = [(_entries(jnp.broadcast_to(shared[o], shared[o].shape[:2] + (b,)), cross[o], xx[o],
                        data if o == 0 else zero), jnp.broadcast_to(logdets[o][:, None], (g, b)))
              for o in range(3)]
-    return tuple(_derivatives_from_taylor(parts, data, method, (g, b)) for method in methods)
+    stats = _projected_series(parts, data, (g, b))  # shared by the methods
+    return tuple(criterion(stats, data.n, data.shared.shape[0], method).terms for method in methods)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -371,9 +371,10 @@ def _fit_chunk(rotation_basis, shared: _Shared, raw, excluded, *, c, exact, max_
         null_ml = row(at_points, 1)  # score test
         if exact:  # criteria and derivatives on the grid and at the null model's lambdas (matrix products)
             grid = _search_grid(t_remle0, t_mle0)
-            (start_remle, *edge_remle), (start_mle, *edge_mle) = (
-                _hermite_start(grid, *triple) for triple in chunk_criteria.grid_criterion_derivatives(grid, data))
-            boundary, boundary_value, interior_value = (jnp.concatenate(pair) for pair in zip(edge_remle, edge_mle))
+            # REML and ML side by side, (G, 2B): one pass of the start's many small operations instead of two
+            start, boundary, boundary_value, interior_value = _hermite_start(grid, *(
+                jnp.concatenate(pair, axis=1) for pair in zip(*chunk_criteria.grid_criterion_derivatives(grid, data))))
+            start_remle, start_mle = start[:b], start[b:]
             doubled = data._replace(x=jnp.concatenate([data.x, data.x], axis=1),
                                     null_x_shared=jnp.concatenate([data.null_x_shared] * 2, axis=1),
                                     null_xx=jnp.concatenate([data.null_xx] * 2))
