@@ -375,14 +375,14 @@ def _fit_chunk(rotation_basis, shared: _Shared, raw, excluded, *, c, exact, max_
             start, boundary, boundary_value, interior_value = _hermite_start(grid, *(
                 jnp.concatenate(pair, axis=1) for pair in zip(*chunk_criteria.grid_criterion_derivatives(grid, data))))
             start_remle, start_mle = start[:b], start[b:]
-            doubled = data._replace(x=jnp.concatenate([data.x, data.x], axis=1),
-                                    null_x_shared=jnp.concatenate([data.null_x_shared] * 2, axis=1),
-                                    null_xx=jnp.concatenate([data.null_xx] * 2))
+            # every evaluation is of gathered lanes (lane i fits variant i mod B; the first evaluation takes the B
+            # REML lanes as one slice): the whole-batch evaluation of all 2B lanes is never traced
             fit = _newton_both(
-                lambda t, reml_lanes: chunk_criteria.chunk_criterion_expansion(t, doubled, reml_lanes),
+                lambda t, reml_lanes: chunk_criteria.chunk_criterion_expansion(
+                    t, chunk_criteria.select_variants(data, jnp.arange(2 * b) % b), reml_lanes),
                 start_remle, start_mle, max_iter,
                 lambda t, index, reml_lanes: chunk_criteria.chunk_criterion_expansion(
-                    t, chunk_criteria.select_variants(doubled, index), reml_lanes),
+                    t, chunk_criteria.select_variants(data, index % b), reml_lanes),
                 polish_xtol=POLISH_XTOL, has_aux=True, settled=partial(_boundary_wins, boundary_value),
                 skip=_boundary_certain(boundary_value, interior_value), first_lanes=b)
             edge = _choose_boundary(boundary_value, fit.value)

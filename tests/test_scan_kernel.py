@@ -295,3 +295,16 @@ def test_host_p_values_match_the_jax_reference_distributions_far_into_the_tail()
     np.testing.assert_allclose(host["p_wald"], f1, rtol=1e-9)  # JAX's betainc: ~1e-10 relative
     np.testing.assert_array_equal(host["p_wald"], host["p_score"])
     assert host["p_lrt"][0] == host["p_lrt"][1] == 1.0 and 0.0 < host["p_lrt"][-1] < 1e-300
+
+
+def test_select_variants_slices_a_run_and_gathers_any_other_list():
+    """A run of consecutive variants (sliced) and any other list (gathered) select the same columns as indexing."""
+    data = _chunk(b=9, seed=6)
+    for index in ([2, 3, 4, 5], [0, 1, 2, 3], [5, 6, 7, 8], [1, 3, 4, 5], [8, 8, 8, 8], [4, 5, 0, 1], list(range(9))):
+        index = jnp.asarray(index)
+        selected = jax.jit(chunk_criteria.select_variants)(data, index)
+        np.testing.assert_array_equal(selected.x, data.x[:, index])
+        np.testing.assert_array_equal(selected.null_x_shared, data.null_x_shared[:, index])
+        np.testing.assert_array_equal(selected.null_xx, data.null_xx[index])
+    more = chunk_criteria.select_variants(data, jnp.arange(12) % 9)  # more lanes than variants: gathered
+    np.testing.assert_array_equal(more.x, data.x[:, np.arange(12) % 9])
