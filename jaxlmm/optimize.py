@@ -222,11 +222,14 @@ def minimize_elementwise(
     elements the caller knows it does not need refined (e.g. an optimum elsewhere certainly beats this one) stop
     there.
 
-    ``skip`` (B,) bool: elements the caller needs no optimum for, known before any evaluation; they are never
-    evaluated and come back at their start with value inf, gradient NaN, not converged, no iterations (and aux
-    zeros). ``first_lanes=K1`` (with ``lane_derivatives`` and ``compact_lanes``): the first evaluation covers the
-    first K1 elements not skipped, gathered, and any further ones get theirs in the gathered loop. Together they make
-    a batch in which few elements need fitting pay for those only, with shapes fixed at compile time.
+    ``skip`` (B,) bool: elements the caller needs no optimum for, known before any evaluation; they are not fitted
+    (beyond ``first_lanes``, not evaluated at all) and come back at their start with value inf, gradient NaN, not
+    converged, no iterations (and aux
+    zeros). ``first_lanes=K1`` (with ``lane_derivatives`` and ``compact_lanes``): the first evaluation is of the
+    first K1 elements (``lane_derivatives`` gets a numpy ``arange(K1)`` as their index, so it may slice rather than
+    gather; the results of skipped ones among them are dropped), and the other elements not skipped get theirs in the
+    gathered loop. Together they make a batch whose leading K1 elements are the ones that usually need fitting pay
+    for those only, with shapes fixed at compile time.
     """
     solver = optax.chain(scale_by_elementwise_newton(max_step), optax.scale(-1.0))
     ones = jnp.ones_like(params0)
@@ -335,8 +338,9 @@ def _gathered_loop(advance, evaluate_lanes, initial, k, max_iter, first=None):
     elements still going, gathers them (padding with repeats of the last element, whose results are dropped),
     advances them one evaluation and puts them back; more than k elements still going take several iterations.
     advance(lanes, evaluate) is the one-evaluation update; evaluate_lanes(t (k,), index (k,)) -> (value, grad,
-    curv, aux); initial: the starting points of all elements (every leaf (B, ...)), evaluated or fresh; first: the
-    size of a first round taken before the loop (the first evaluation of fresh elements).
+    curv, aux); initial: the starting points of all elements (every leaf (B, ...)), evaluated or fresh; first: a
+    round taken before the loop on the first ``first`` elements as they lie (index a numpy ``arange``, so the
+    caller can slice its data instead of gathering it), advancing those still going.
 
     The loop carries the state as one (F, B) matrix (every leaf flattened, flags and counts as floats, exactly), so
     an iteration is one gather in and one gather back: per-leaf gathers and scatters made the compiled program
@@ -367,9 +371,12 @@ def _gathered_loop(advance, evaluate_lanes, initial, k, max_iter, first=None):
         slot = jnp.full(size, k).at[index].set(jnp.arange(k), mode="drop")  # lane -> its place in the batch, or k
         return jnp.where(slot < k, new[:, jnp.minimum(slot, k - 1)], state), count + 1
 
-    carry = (stack(initial), jnp.asarray(0))
-    if first is not None:  # elements not evaluated yet: a first round of their own size
-        carry = step(carry, first)
+    state = stack(initial)
+    if first is not None:  # the first `first` elements, not gathered: a static slice of the state and the data
+        leading = np.arange(first)
+        new = stack(advance(unstack(state[:, :first]), lambda t: evaluate_lanes(t, leading)))
+        state = jnp.concatenate([new, state[:, first:]], axis=1)
+    carry = (state, jnp.asarray(0))
     rounds = (max_iter + 1) * (-(-size // k))  # enough for every element's first evaluation and max_iter steps
     final, _ = jax.lax.while_loop(lambda carry: jnp.any(carry[0][done_row] == 0) & (carry[1] < rounds), step, carry)
     return unstack(final)
