@@ -223,7 +223,8 @@ def minimize_elementwise(
     there.
 
     ``skip`` (B,) bool: elements the caller needs no optimum for, known before any evaluation; they are not fitted
-    (beyond ``first_lanes``, not evaluated at all) and come back at their start with value inf, gradient NaN, not
+    (with ``first_lanes``, those past the first K1 are not evaluated at all; otherwise the first whole-batch
+    evaluation's results for them are dropped) and come back at their start with value inf, gradient NaN, not
     converged, no iterations (and aux
     zeros). ``first_lanes=K1`` (with ``lane_derivatives`` and ``compact_lanes``): the first evaluation is of the
     first K1 elements (``lane_derivatives`` gets a numpy ``arange(K1)`` as their index, so it may slice rather than
