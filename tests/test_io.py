@@ -197,3 +197,22 @@ def test_read_table_reads_all_columns_or_the_ones_asked_for(tmp_path):
     few = read_table(path, ("p_wald", "status"))
     assert list(few.columns) == ["p_wald", "status"]
     assert few["status"].tolist() == ["ok", "monomorphic"] and few["p_wald"].tolist() == [0.1, 0.1]
+
+
+def test_bim_read_the_same_whatever_the_whitespace(tmp_path):
+    """Tab-only files take the tokenizer's tab path; spaces anywhere (also beside tabs), CRLF line ends and blank
+    lines give the same columns."""
+    texts = {"tabs": "1\trs1\t0\t100\tA\tG\n2\trs2\t0.5\t200\tC\tT\n",
+             "spaces": "1 rs1 0 100 A G\n2  rs2 0.5 200 C T\n",
+             "mixed": "1\trs1 \t0\t100\tA\tG\n2\trs2\t0.5\t200\tC\t T\n",
+             "crlf": "1\trs1\t0\t100\tA\tG\r\n2\trs2\t0.5\t200\tC\tT\r\n",
+             "blank": "1\trs1\t0\t100\tA\tG\n\n2\trs2\t0.5\t200\tC\tT\n"}
+    read = {}
+    for name, text in texts.items():
+        (tmp_path / f"{name}.bim").write_text(text)
+        read[name] = read_bim(tmp_path / f"{name}.bim")
+    for name, bim in read.items():
+        for field, expected in zip(bim, read["tabs"]):
+            np.testing.assert_array_equal(field, expected, err_msg=name)
+    np.testing.assert_array_equal(read["tabs"].rsid, ["rs1", "rs2"])
+    np.testing.assert_array_equal(read["tabs"].pos, [100, 200])
