@@ -225,8 +225,7 @@ def minimize_elementwise(
     ``skip`` (B,) bool: elements the caller needs no optimum for, known before any evaluation; they are not fitted
     (with ``first_lanes``, those past the first K1 are not evaluated at all; otherwise the first whole-batch
     evaluation's results for them are dropped) and come back at their start with value inf, gradient NaN, not
-    converged, no iterations (and aux
-    zeros). ``first_lanes=K1`` (with ``lane_derivatives`` and ``compact_lanes``): the first evaluation is of the
+    converged, no iterations (aux: zeros where never evaluated, else that first evaluation's). ``first_lanes=K1`` (with ``lane_derivatives`` and ``compact_lanes``): the first evaluation is of the
     first K1 elements (``lane_derivatives`` gets a numpy ``arange(K1)`` as their index, so it may slice rather than
     gather; the results of skipped ones among them are dropped), and the other elements not skipped get theirs in the
     gathered loop. Together they make a batch whose leading K1 elements are the ones that usually need fitting pay

@@ -314,6 +314,7 @@ def _device_impute(raw, excluded, min_maf: float, max_missing: float, dtype=jnp.
     widened once, into the imputed matrix itself; floats are summarized in dtype. Both give the same numbers for the
     same genotypes."""
     n = raw.shape[0]
+    values = raw.astype(dtype)
     if jnp.issubdtype(raw.dtype, jnp.integer):
         missing = raw < 0
         n_miss = jnp.sum(missing, axis=0, dtype=jnp.int32)
@@ -323,9 +324,8 @@ def _device_impute(raw, excluded, min_maf: float, max_missing: float, dtype=jnp.
         n_obs = n - n_miss
         means = total.astype(dtype) / jnp.maximum(n_obs, 1).astype(dtype)
         spread = jnp.where(n_obs > 0, (largest.astype(jnp.int32) - smallest.astype(jnp.int32)).astype(dtype), 0.0)
-        values = raw.astype(dtype)
+        imputed = jnp.where(missing, means, values)
     else:
-        values = raw.astype(dtype)
         missing = jnp.isnan(values)
         n_miss = jnp.sum(missing, axis=0)
         n_obs = n - n_miss
@@ -337,7 +337,7 @@ def _device_impute(raw, excluded, min_maf: float, max_missing: float, dtype=jnp.
     if min_maf > 0:  # genotypes that are not allele counts (e.g. standardized) are scanned with min_maf=0
         ok &= jnp.minimum(af, 1.0 - af) >= min_maf
     filler = (jnp.arange(n) % 2).astype(dtype)[:, None]
-    return jnp.where(ok, jnp.where(missing, means, values), filler), dict(n_miss=n_miss, af=af, spread=spread, ok=ok)
+    return jnp.where(ok, imputed, filler), dict(n_miss=n_miss, af=af, spread=spread, ok=ok)
 
 
 @partial(jax.jit, static_argnames=("c", "exact", "max_iter", "rotation_dtype", "block", "min_maf", "max_missing"))
