@@ -173,7 +173,7 @@ def newton_step(grad, curv):
 
 
 def minimize_elementwise(
-    objective: Callable,
+    objective: Callable | None,
     params0: jnp.ndarray,
     lower: float,
     upper: float,
@@ -215,21 +215,25 @@ def minimize_elementwise(
     ``compact_lanes=K``: after the first evaluation (of the whole batch), every iteration evaluates at most K
     elements still going, gathered (:func:`_gathered_loop`), so a few slow elements do not cost whole-batch
     evaluations. Every element's iterates are the same either way; the Newton transformation is stateless, which is
-    what makes gathering elements valid.
+    what makes gathering elements valid. With ``objective`` and ``derivatives`` both None, a whole-batch evaluation
+    is ``lane_derivatives`` of every element.
 
     ``settled(value, gradient, curvature, index) -> bool``, applied after each element's first evaluation (index:
     the elements' positions in the batch, as the other arguments are those of some elements only when gathered):
     elements the caller knows it does not need refined (e.g. an optimum elsewhere certainly beats this one) stop
     there.
 
-    ``skip`` (B,) bool: elements the caller needs no optimum for, known before any evaluation; they are not fitted
-    (with ``first_lanes``, those past the first K1 are not evaluated at all; otherwise the first whole-batch
-    evaluation's results for them are dropped) and come back at their start with value inf, gradient NaN, not
-    converged, no iterations (aux: zeros where never evaluated, else that first evaluation's). ``first_lanes=K1`` (with ``lane_derivatives`` and ``compact_lanes``): the first evaluation is of the
+    ``skip`` (B,) bool: elements the caller needs no optimum for, known before any evaluation. They are not fitted
+    and come back at their start with value inf, gradient NaN, zero aux, not converged, no iterations; when
+    gathered, those past the first K1 are not evaluated at all (those the first evaluation covers are evaluated and
+    dropped). ``first_lanes=K1`` (with ``lane_derivatives`` and ``compact_lanes``): the first evaluation is of the
     first K1 elements (``lane_derivatives`` gets a numpy ``arange(K1)`` as their index, so it may slice rather than
-    gather; the results of skipped ones among them are dropped), and the other elements not skipped get theirs in the
-    gathered loop. Together they make a batch whose leading K1 elements are the ones that usually need fitting pay
-    for those only, with shapes fixed at compile time.
+    gather), and the other elements not skipped get theirs in the gathered loop. Together they make a batch whose
+    leading K1 elements are the ones that usually need fitting pay for those only, with shapes fixed at compile
+    time.
+
+    Every path starts from the same unevaluated elements; the first evaluation is an ordinary step of the loop
+    (``advance``), which takes whatever a fresh element's evaluation gives.
     """
     solver = optax.chain(scale_by_elementwise_newton(max_step), optax.scale(-1.0))
     ones = jnp.ones_like(params0)
@@ -242,6 +246,7 @@ def minimize_elementwise(
         return evaluate if has_aux else (lambda *args: (*evaluate(*args), ()))
 
     evaluate_all = with_aux(forward_mode if derivatives is None else derivatives)
+    skip_given = skip is not None
     step_tol = xtol if polish_xtol is None else max(xtol, polish_xtol)
 
     def status(t, grad, curv):
@@ -292,38 +297,33 @@ def minimize_elementwise(
 
     size = params0.shape[0] if params0.ndim else 1
     params0 = jnp.clip(params0, lower, upper)
-    zero = jnp.zeros(params0.shape, jnp.int32)
-    element = jnp.arange(size).reshape(params0.shape)
     gathered = (lane_derivatives is not None and compact_lanes is not None and params0.ndim == 1
                 and compact_lanes < size)
-    compacted = gathered and (first_lanes is not None or skip is not None)
+    evaluate_lanes = with_aux(lane_derivatives) if gathered else None
+    if objective is None and derivatives is None:  # the whole batch is every lane listed
+        if lane_derivatives is None:
+            raise ValueError("minimize_elementwise needs objective, derivatives or lane_derivatives")
+        evaluate_all = with_aux(lambda t: lane_derivatives(t, np.arange(size)))
+    aux_like = jax.eval_shape(evaluate_all, params0)[3]
+    unknown = jnp.full_like(params0, jnp.nan)
     skip = jnp.zeros(params0.shape, bool) if skip is None else skip
-    if compacted:  # nothing evaluated yet: the gathered loop's first round evaluates up to first_lanes elements
-        evaluate_lanes = with_aux(lane_derivatives)
-        aux_like = jax.eval_shape(evaluate_lanes, params0, jnp.arange(size))[3]
-        unknown = jnp.full_like(params0, jnp.nan)
-        initial = Lanes(params0, jnp.full_like(params0, jnp.inf), unknown, unknown, zero, skip, jnp.ones_like(params0),
-                        jnp.ones(params0.shape, bool), element,
-                        jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux_like))
-        final = _gathered_loop(advance, evaluate_lanes, initial, compact_lanes, max_iter,
+    # every element starts unevaluated (fresh); skipped ones start done, so they are never accepted
+    fresh = Lanes(params0, jnp.full_like(params0, jnp.inf), unknown, unknown, jnp.zeros(params0.shape, jnp.int32),
+                  skip, jnp.ones_like(params0), jnp.ones(params0.shape, bool), jnp.arange(size).reshape(params0.shape),
+                  jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux_like))
+    if gathered and (first_lanes is not None or skip_given):
+        # the gathered loop's first round evaluates up to first_lanes elements; the others wait for their turn
+        final = _gathered_loop(advance, evaluate_lanes, fresh, compact_lanes, max_iter,
                                first=min(first_lanes or size, size))
+    elif gathered:
+        final = _gathered_loop(advance, evaluate_lanes, advance(fresh, evaluate_all), compact_lanes, max_iter)
     else:
-        value0, grad0, curv0, aux0 = evaluate_all(params0)
-        done0 = finished(params0, grad0, curv0) | skip
-        if settled is not None:
-            done0 = done0 | settled(value0, grad0, curv0, element)
-        value0, grad0, curv0 = (jnp.where(skip, unset, a) for unset, a in ((jnp.inf, value0), (jnp.nan, grad0),
-                                                                            (jnp.nan, curv0)))
-        initial = Lanes(params0, value0, grad0, curv0, zero, done0, jnp.ones_like(params0), skip, element, aux0)
-        if gathered:
-            final = _gathered_loop(advance, with_aux(lane_derivatives), initial, compact_lanes, max_iter)
-        else:
-            def step(carry):
-                lanes, count = carry
-                return advance(lanes, evaluate_all), count + 1
+        def step(carry):
+            lanes, count = carry
+            return advance(lanes, evaluate_all), count + 1
 
-            final, _ = jax.lax.while_loop(lambda carry: (~jnp.all(carry[0].done)) & (carry[1] < max_iter), step,
-                                          (initial, jnp.asarray(0)))
+        final, _ = jax.lax.while_loop(lambda carry: (~jnp.all(carry[0].done)) & (carry[1] < max_iter), step,
+                                      (advance(fresh, evaluate_all), jnp.asarray(0)))
     converged, at_bound = status(final.params, final.grad, final.curv)
     polish = jnp.zeros_like(final.params)
     if polish_xtol is not None:

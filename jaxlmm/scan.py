@@ -218,16 +218,17 @@ def _choose_boundary(boundary_value, values):
 def _newton_both(derivatives, start_remle, start_mle, max_iter, lane_derivatives=None, **options):
     """REML and ML optima of log lambda for B models at once: 2B lanes (REML first) of elementwise Newton (optax,
     :func:`jaxlmm.optimize.minimize_elementwise`) on GEMMA's interval, so both fits share every evaluation.
-    derivatives(log_lambda (2B,), reml_lanes (2B,) bool) -> (value, gradient, curvature[, aux]). Optional
-    lane_derivatives(log_lambda (K,), lanes (K,) int, reml_lanes (K,) bool), the same for the listed lanes only:
-    the last few slow lanes are then iterated by themselves (:data:`STRAGGLER_SHARE` of the lanes at most).
-    options: passed on to minimize_elementwise (polish_xtol, has_aux). Returns the ElementwiseResult
-    of the 2B lanes."""
+    derivatives(log_lambda (2B,), reml_lanes (2B,) bool) -> (value, gradient, curvature[, aux]), or None when every
+    evaluation is of listed lanes. Optional lane_derivatives(log_lambda (K,), lanes (K,) int, reml_lanes (K,) bool),
+    the same for the listed lanes only: the last few slow lanes are then iterated by themselves
+    (:data:`STRAGGLER_SHARE` of the lanes at most). options: passed on to minimize_elementwise (polish_xtol, has_aux,
+    settled, skip, first_lanes). Returns the ElementwiseResult of the 2B lanes."""
     b = start_remle.shape[0]
     lanes = jnp.arange(2 * b) < b
-    given = partial(derivatives, reml_lanes=lanes)
+    given = None if derivatives is None else partial(derivatives, reml_lanes=lanes)
+    objective = None if given is None else (lambda t: given(t)[0])
     few = None if lane_derivatives is None else (lambda t, index: lane_derivatives(t, index, lanes[index]))
-    return minimize_elementwise(lambda t: given(t)[0], jnp.concatenate([start_remle, start_mle]), *LOG_LAMBDA_BOUNDS,
+    return minimize_elementwise(objective, jnp.concatenate([start_remle, start_mle]), *LOG_LAMBDA_BOUNDS,
                                 max_iter=max_iter, derivatives=given, lane_derivatives=few,
                                 compact_lanes=max(1, int(2 * b * STRAGGLER_SHARE)), **options)
 
@@ -376,11 +377,9 @@ def _fit_chunk(rotation_basis, shared: _Shared, raw, excluded, *, c, exact, max_
                 jnp.concatenate(pair, axis=1) for pair in zip(*chunk_criteria.grid_criterion_derivatives(grid, data))))
             start_remle, start_mle = start[:b], start[b:]
             # every evaluation is of gathered lanes (lane i fits variant i mod B; the first evaluation takes the B
-            # REML lanes as one slice): the whole-batch evaluation of all 2B lanes is never traced
+            # REML lanes as one slice): no whole-batch evaluation of all 2B lanes
             fit = _newton_both(
-                lambda t, reml_lanes: chunk_criteria.chunk_criterion_expansion(
-                    t, chunk_criteria.select_variants(data, jnp.arange(2 * b) % b), reml_lanes),
-                start_remle, start_mle, max_iter,
+                None, start_remle, start_mle, max_iter,
                 lambda t, index, reml_lanes: chunk_criteria.chunk_criterion_expansion(
                     t, chunk_criteria.select_variants(data, index % b), reml_lanes),
                 polish_xtol=POLISH_XTOL, has_aux=True, settled=partial(_boundary_wins, boundary_value),

@@ -239,6 +239,17 @@ def test_skipped_elements_are_never_evaluated_and_the_others_follow_the_same_ite
                                       **options)
     for a, b in zip(result[:6], ungathered[:6]):
         np.testing.assert_array_equal(a, b)
+    # aux: zeros for the skipped elements on every path, the last accepted point's value for the others
+    with_aux = lambda t, index: (*derivatives_of(t, index), t + 1.0)  # noqa: E731
+    for path in (dict(derivatives=lambda t: with_aux(t, everything)),
+                 dict(derivatives=lambda t: with_aux(t, everything), lane_derivatives=with_aux, compact_lanes=8),
+                 dict(lane_derivatives=with_aux, compact_lanes=8, first_lanes=8)):
+        objective = None if "derivatives" not in path else (lambda t: derivatives_of(t, everything)[0])
+        result = minimize_elementwise(objective, jnp.zeros(40), -5.0, 5.0, max_iter=40, skip=skip, has_aux=True,
+                                      settled=settled, **path)
+        np.testing.assert_array_equal(result.aux[skip], 0.0)
+        np.testing.assert_array_equal(result.aux[kept], result.params[kept] - result.polish[kept] + 1.0)
+        np.testing.assert_array_equal(result.params, ungathered.params)
 
 
 def test_a_boundary_that_certainly_wins_settles_the_fit_and_a_near_tie_does_not():
