@@ -664,8 +664,7 @@ def _prepare_validated(Y, cov, term, basis, mode, chunk_size, min_maf, max_missi
     n, c = cov.shape
     trace_ratio = structure.mean_kernel_diagonal(term)
     cy = np.concatenate([np.broadcast_to(cov, (Y.shape[1], n, c)), Y.T[:, :, None]], axis=2)  # (P, n, c+1)
-    # host arrays go to the device with device_put: jnp.asarray compiles a program per shape in every process
-    cy_rot = np.asarray(structure.rotate(basis, jax.device_put(cy.transpose(1, 0, 2).reshape(n, -1)))).reshape(
+    cy_rot = structure.rotate_host(basis, cy.transpose(1, 0, 2).reshape(n, -1)).reshape(
         -1, Y.shape[1], c + 1).transpose(1, 0, 2)  # (P, m, c+1)
     cy_gram = np.einsum("pni,pnj->pij", cy, cy) - np.einsum("pmi,pmj->pij", cy_rot, cy_rot)
     null = _null_models(structure.eigenvalues(basis), cy_rot, cy_gram, n, trace_ratio, max_iter)

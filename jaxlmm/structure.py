@@ -149,10 +149,23 @@ def for_rotation(basis, dtype):
     ``U'``: with 512 columns, 23.4 against 19.2 ms at n = 1410, 3.3 against 2.5 ms at n = 500."""
     if not isinstance(basis, EigenBasis):
         return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, basis)
-    if all(device.platform == "cpu" for device in basis.vectors.sharding.device_set):
+    if _on_cpu(basis.vectors):
         rows = np.asarray(basis.vectors).T.astype(dtype, order="C")
         return RotationRows(*jax.device_put((rows, np.asarray(basis.values, dtype)), basis.vectors.sharding))
     return RotationRows(jnp.transpose(basis.vectors).astype(dtype), basis.values.astype(dtype))
+
+
+def _on_cpu(array: jax.Array) -> bool:
+    return all(device.platform == "cpu" for device in array.sharding.device_set)
+
+
+def rotate_host(basis, A: np.ndarray) -> np.ndarray:
+    """``U' A`` of a host array A (n, d), as a host array (m, d): by numpy when U lies on the CPU, else as
+    :func:`rotate` on U's device. numpy compiles nothing: the eager ``U.T @ A`` compiled a transpose of U in
+    every process (0.09 s at n = 1410) before multiplying."""
+    if isinstance(basis, EigenBasis) and _on_cpu(basis.vectors):
+        return np.asarray(basis.vectors).T @ A
+    return np.asarray(rotate(basis, jax.device_put(A)))
 
 
 def eigenvalues(basis) -> jnp.ndarray:
