@@ -367,23 +367,27 @@ def _fit_chunk(rotation_basis, shared: _Shared, raw, excluded, *, c, exact, max_
                                          x_b, cy_gram, jnp.concatenate([xc_b, xy_b[None]]), xx_b, n)
         # the null model's REML and ML lambdas and both ends of the search interval: ratios shared by all variants
         # (matrix products)
-        at_points = chunk_criteria.grid_projected(jnp.exp(jnp.stack([t_remle0, t_mle0, *LOG_LAMBDA_BOUNDS])), data)
+        with jax.named_scope("null_points"):
+            at_points = chunk_criteria.grid_projected(jnp.exp(jnp.stack([t_remle0, t_mle0, *LOG_LAMBDA_BOUNDS])), data)
         row = lambda stats, i: chunk_criteria.Projected(*(f[i] for f in stats))  # noqa: E731
         null_ml = row(at_points, 1)  # score test
         if exact:  # criteria and derivatives on the grid and at the null model's lambdas (matrix products)
             grid = _search_grid(t_remle0, t_mle0)
-            # REML and ML side by side, (G, 2B): one pass of the start's many small operations instead of two
-            start, boundary, boundary_value, interior_value = _hermite_start(grid, *(
-                jnp.concatenate(pair, axis=1) for pair in zip(*chunk_criteria.grid_criterion_derivatives(grid, data))))
+            with jax.named_scope("grid"):
+                derivatives = chunk_criteria.grid_criterion_derivatives(grid, data)
+            with jax.named_scope("hermite_start"):  # REML and ML side by side, (G, 2B): one pass, not two
+                start, boundary, boundary_value, interior_value = _hermite_start(grid, *(
+                    jnp.concatenate(pair, axis=1) for pair in zip(*derivatives)))
             start_remle, start_mle = start[:b], start[b:]
             # every evaluation is of gathered lanes (lane i fits variant i mod B; the first evaluation takes the B
             # REML lanes as one slice): no whole-batch evaluation of all 2B lanes
-            fit = _newton_both(
-                None, start_remle, start_mle, max_iter,
-                lambda t, index, reml_lanes: chunk_criteria.chunk_criterion_expansion(
-                    t, chunk_criteria.select_variants(data, index % b), reml_lanes),
-                polish_xtol=POLISH_XTOL, has_aux=True, settled=partial(_boundary_wins, boundary_value),
-                skip=_boundary_certain(boundary_value, interior_value), first_lanes=b)
+            with jax.named_scope("newton"):
+                fit = _newton_both(
+                    None, start_remle, start_mle, max_iter,
+                    lambda t, index, reml_lanes: chunk_criteria.chunk_criterion_expansion(
+                        t, chunk_criteria.select_variants(data, index % b), reml_lanes),
+                    polish_xtol=POLISH_XTOL, has_aux=True, settled=partial(_boundary_wins, boundary_value),
+                    skip=_boundary_certain(boundary_value, interior_value), first_lanes=b)
             edge = _choose_boundary(boundary_value, fit.value)
             optima = jnp.where(edge, boundary, fit.params)
             # statistics at the optima without another pass: the last evaluation's expansion carried over the
