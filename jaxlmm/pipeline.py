@@ -10,6 +10,7 @@ Every input variant gets one row, in input order, with a status; rows in == rows
 
 from __future__ import annotations
 
+import collections
 import os
 import time
 from functools import partial
@@ -24,7 +25,7 @@ from .io.bgen import BgenReader
 from .io.bimbam import BimbamReader
 from .io.kinship_files import read_kinship
 from .io.plink import BedReader
-from .io.results import ResumableTable, format_rows, genomic_inflation, read_table
+from .io.results import ResumableTable, count_rows, format_rows, genomic_inflation, read_table
 from .kinship import filtered_relatedness, leave_one_out, relatedness_by_chromosome
 from .memory import check_memory
 from .scan import prepare_scan, preload_kinship_scan, scan_chunks
@@ -339,6 +340,7 @@ def run_scan(config: ScanConfig, on_chunk: Callable[[int, int], None] | None = N
         _preload_programs(config, inputs, rows)
     random_for = _random_effects(config, inputs, lines)
     begin, current, reported = start + table.resumed_from, None, table.resumed_from
+    tally = _Tally()  # statuses and p-values of the rows written by this run
     for run in runs:
         first, last = max(run.start, begin), min(run.stop, stop)
         if first >= last:
@@ -350,6 +352,7 @@ def run_scan(config: ScanConfig, on_chunk: Callable[[int, int], None] | None = N
         for chunk in scan_chunks(current[1], rows, first, last):
             b = chunk.columns["status"].shape[1]
             values = {k: v[0] for k, v in chunk.columns.items()}
+            tally.add(values["status"], values["p_wald"])
             # formatted, written and committed by the table's writer thread while the next chunks are fitted
             table.append(partial(format_rows, values, bim, slice(chunk.offset, chunk.offset + b)), b)
             if on_chunk is not None and table.committed_rows > reported:
@@ -359,14 +362,17 @@ def run_scan(config: ScanConfig, on_chunk: Callable[[int, int], None] | None = N
     if on_chunk is not None and written > reported:
         on_chunk(written, stop - start)
     prefix = path[: -len(".assoc.tsv")]  # out, or out.part{i}of{n}
-    results = read_table(path, ("chr", "ps", "p_wald", "status") if config.plots else ("p_wald", "status"))
-    ok = results["status"] == "ok"
+    results = None
+    if config.plots or table.resumed_from:  # rows this run did not write, or plots: the table as written
+        results = read_table(path, ("chr", "ps", "p_wald", "status") if config.plots else ("p_wald", "status"))
+        tally = _Tally()
+        tally.add(results["status"].to_numpy(), results["p_wald"].to_numpy())
+    rows_out = count_rows(path)
     lines += [
         f"variants in: {stop - start}" + (f" (part {config.part} of {m})" if config.part else "")
-        + f"; rows out: {len(results)}; " + ", ".join(f"{s}: {c}" for s, c in results["status"].value_counts(
-            sort=False).sort_index().items()),
-        f"rows in == rows out: {stop - start == len(results) == written}",
-        f"genomic inflation lambda_GC (p_wald): {genomic_inflation(results['p_wald'][ok].to_numpy()):.4f}",
+        + f"; rows out: {rows_out}; " + ", ".join(f"{s}: {c}" for s, c in sorted(tally.statuses.items())),
+        f"rows in == rows out: {stop - start == rows_out == written}",
+        f"genomic inflation lambda_GC (p_wald): {genomic_inflation(np.concatenate(tally.ok_p_wald)):.4f}",
         f"output: {path}",
     ]
     if config.plots:
@@ -380,9 +386,21 @@ def run_scan(config: ScanConfig, on_chunk: Callable[[int, int], None] | None = N
             handle.write("\n".join(lines) + "\n")
     except OSError as err:
         raise InputError(f"cannot write {log_path}: {err}") from None
-    if not stop - start == len(results) == written:
-        raise InputError(f"rows in ({stop - start}) != rows out ({len(results)}) in {path}")
+    if not stop - start == rows_out == written:
+        raise InputError(f"rows in ({stop - start}) != rows out ({rows_out}) in {path}")
     return lines
+
+
+class _Tally:
+    """Status counts and the p_wald of "ok" rows, gathered chunk by chunk for the run's summary lines."""
+
+    def __init__(self):
+        self.statuses, self.ok_p_wald = collections.Counter(), [np.empty(0)]
+
+    def add(self, status: np.ndarray, p_wald: np.ndarray) -> None:
+        names, counts = np.unique(status, return_counts=True)
+        self.statuses.update(dict(zip(names.tolist(), counts.tolist())))
+        self.ok_p_wald.append(np.asarray(p_wald, dtype=float)[status == "ok"])
 
 
 def _describe(config: ScanConfig) -> str:

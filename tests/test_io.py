@@ -216,3 +216,60 @@ def test_bim_read_the_same_whatever_the_whitespace(tmp_path):
             np.testing.assert_array_equal(field, expected, err_msg=name)
     np.testing.assert_array_equal(read["tabs"].rsid, ["rs1", "rs2"])
     np.testing.assert_array_equal(read["tabs"].pos, [100, 200])
+
+
+def test_bim_in_plink_layout_is_read_by_numpy_as_by_the_general_parse(tmp_path, rng):
+    """PLINK's own layout (single tabs, newline ends, ASCII) is read by numpy alone: the same columns and types as
+    the general parse, numbers of every form (signs, points, exponents, long digit strings) converted exactly;
+    anything else falls back to the general parse, and a bad number still names its line."""
+    from jaxlmm.io import plink
+
+    m = 300
+    names = [f"rs{int(k)}" for k in rng.integers(1, 10 ** rng.integers(1, 12, size=m), size=m)]
+    path = tmp_path / "v.bim"
+    digits = [f"{v:.{k}f}" for v, k in zip(rng.uniform(-5e3, 5e3, m), rng.integers(0, 9, m))]
+    plain = ((["0", "0.5", "-1.25", "3.", ".5", "-0", "0.1", "123456.789012345"] + digits)[:m],
+             (["100", "-5", "9000000000", "0", "999999999999999"] * m)[:m])  # converted digit by digit
+    other = ((["1e-2", "12345678.123456789", "0.3"] * m)[:m], (["1", "123456789012345678"] * m)[:m])  # by numpy
+    for cm, pos in (plain, other):
+        lines = [f"{1 + j % 22}\t{names[j]}\t{cm[j]}\t{pos[j]}\t{'ACGT'[j % 4]}\t{'T' * (1 + j % 3)}"
+                 for j in range(m)]
+        path.write_text("\n".join(lines) + "\n")
+        fast = plink._tab_columns(path, 6, plink._BIM_NUMBERS)
+        general = plink._regular_columns(path, 6, plink._BIM_NUMBERS)
+        assert fast is not None
+        for x, y in zip(fast, general):
+            assert x.dtype == y.dtype
+            np.testing.assert_array_equal(x, y)
+        np.testing.assert_array_equal(fast[2], [float(v) for v in cm])  # correctly rounded, as Python's float()
+        np.testing.assert_array_equal(fast[3], [int(v) for v in pos])
+    for text in ("1\trs1\t0\t1\tA\tG\r\n", "1\trs1\t0\t1\tA\tG\n\n", "1\trs1\t0\t1\tA\tG\t\n", "1\trs1\t0\t1\tA\tG",
+                 "1\trs\u00e9\t0\t1\tA\tG\n", "1\trs1\t\t1\tA\tG\n", "1\trs1\t0\t1\tA\n"):
+        path.write_text(text, encoding="utf-8")
+        assert plink._tab_columns(path, 6, plink._BIM_NUMBERS) is None, repr(text)
+    path.write_text("1\trs\u00e9\t0\t1\tA\tG\n", encoding="utf-8")
+    assert list(read_bim(path).rsid) == ["rs\u00e9"]
+    for line, message in (("1\trs4\t0\t12x\tA\tG", "line 2, column 4: '12x' is not a number"),
+                          ("1\trs4\tzero\t7\tA\tG", "line 2, column 3: 'zero' is not a number")):
+        path.write_text("1\trs1\t0\t100\tA\tG\n" + line + "\n")
+        with pytest.raises(InputError, match=message):
+            read_bim(path)
+
+
+def test_small_text_kinship_is_read_by_numpy_as_by_pandas(tmp_path, rng, monkeypatch):
+    """Text kinships up to NUMPY_TEXT_BYTES are read by numpy: the same matrix as pandas' parse, bit for bit; a
+    ragged or non-numeric file falls back to the parse that names the problem."""
+    from jaxlmm.io import kinship_files
+
+    W = rng.normal(size=(40, 60))
+    write_kinship(tmp_path / "k.cXX.txt", W @ W.T / 60)
+    assert kinship_files._small_text_matrix(str(tmp_path / "k.cXX.txt")) is not None
+    by_numpy = read_kinship(tmp_path / "k.cXX.txt")
+    monkeypatch.setattr(kinship_files, "NUMPY_TEXT_BYTES", 0)
+    np.testing.assert_array_equal(by_numpy, read_kinship(tmp_path / "k.cXX.txt"))
+    monkeypatch.undo()
+    for text, message in (("1 0\n0 1 2\n", "row 2 has 3 values"), ("1 0\n0 x\n", "kinship entry|cannot read")):
+        (tmp_path / "bad.txt").write_text(text)
+        assert kinship_files._small_text_matrix(str(tmp_path / "bad.txt")) is None
+        with pytest.raises(InputError, match=message):
+            read_kinship(tmp_path / "bad.txt")

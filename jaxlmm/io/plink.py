@@ -60,7 +60,9 @@ def read_bim(path) -> Bim:
     C tokenizer, its positions converted there too (300,000 lines in 0.17 s; 0.38 s as text converted by numpy);
     anything irregular (a field missing, a position that is not a number) is parsed again line by line, for an
     error naming the line."""
-    columns = _regular_columns(path, 6, _BIM_NUMBERS)
+    columns = _tab_columns(path, 6, _BIM_NUMBERS)
+    if columns is None:
+        columns = _regular_columns(path, 6, _BIM_NUMBERS)
     if columns is None:
         rows = [line.split() for line in _read_text(path).splitlines() if line.strip()]
         for i, row in enumerate(rows):
@@ -69,6 +71,80 @@ def read_bim(path) -> Bim:
         columns = [np.array(column) for column in (zip(*rows) if rows else [()] * 6)]
         columns[2], columns[3] = _numbers(path, columns[2], 3, float), _numbers(path, columns[3], 4, np.int64)
     return Bim(*columns)
+
+
+def _tab_columns(path, fields: int, numbers: dict):
+    """The columns of a file in the layout PLINK writes, read by numpy alone: ASCII, exactly ``fields`` non-empty
+    fields per line separated by single tabs, every line ended by a newline (no blank line, no carriage return, no
+    space). Text columns come back as str arrays, those in ``numbers`` (0-based index -> numpy type) converted.
+    None for any other file, or a number that does not convert: the caller then tries the general parse. 300,000
+    .bim lines: 0.07 s, where pandas takes 0.27 s (its import another 0.3 s)."""
+    try:
+        data = np.fromfile(path, np.uint8)
+    except (OSError, ValueError):
+        return None
+    if data.size == 0 or data[-1] != 10:
+        return None
+    ends = np.flatnonzero((data == 9) | (data == 10))  # where each field ends
+    if ends.size % fields:
+        return None
+    ends = ends.reshape(-1, fields)
+    if (data[ends[:, :-1]] != 9).any() or (data[ends[:, -1]] != 10).any():
+        return None
+    starts = np.empty_like(ends)
+    starts[0, 0], starts[1:, 0], starts[:, 1:] = 0, ends[:-1, -1] + 1, ends[:, :-1] + 1
+    lengths = ends - starts
+    if (lengths == 0).any() or (data >= 128).any() or (data == 13).any() or (data == 32).any():
+        return None
+    columns = []
+    for j in range(fields):
+        chars = _field_chars(data, starts[:, j], lengths[:, j])  # (width, L)
+        if j in numbers:
+            values = _plain_numbers(chars, lengths[:, j], numbers[j])
+            if values is None:
+                return None
+            columns.append(values)
+        else:  # ASCII codes widened to UCS-4 are the str array itself
+            columns.append(np.ascontiguousarray(chars.T, np.uint32).view(f"<U{chars.shape[0]}").ravel())
+    return columns
+
+
+def _field_chars(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """(width, L) uint8: character k of L fields of ``data`` (their starts and lengths) in row k, zero past a
+    field's end; one gather per character position."""
+    chars = np.empty((int(lengths.max()), starts.size), np.uint8)
+    for k, row in enumerate(chars):
+        np.take(data, starts + k, out=row, mode="clip")
+        row[lengths <= k] = 0
+    return chars
+
+
+def _plain_numbers(chars: np.ndarray, lengths: np.ndarray, dtype) -> np.ndarray | None:
+    """Fields (:func:`_field_chars`) of an optional minus sign and 1 to 15 digits, with at most one decimal point
+    where dtype is a float, converted exactly: the digits as an integer (exact below 2^53) divided once by a power
+    of ten (exact up to 10^22), so correctly rounded. Any other field (an exponent, more digits) sends the column to
+    numpy's own text conversion; None when that fails too."""
+    count = lengths.size
+    negative = chars[0] == ord("-")
+    mantissa, fraction, digits = np.zeros(count, np.int64), np.zeros(count, np.int64), np.zeros(count, np.int64)
+    points, plain = np.zeros(count, np.int64), np.ones(count, bool)
+    for k, row in enumerate(chars):
+        is_digit = (row >= ord("0")) & (row <= ord("9"))
+        mantissa = np.where(is_digit, mantissa * 10 + (row.astype(np.int64) - ord("0")), mantissa)
+        fraction += is_digit & (points > 0)
+        digits += is_digit
+        points += row == ord(".")
+        plain &= (lengths <= k) | is_digit | (row == ord(".")) | ((k == 0) & negative)
+    floating = np.issubdtype(dtype, np.floating)
+    if not (plain.all() and (points <= int(floating)).all() and (digits >= 1).all() and (digits <= 15).all()):
+        try:
+            return np.ascontiguousarray(chars.T).view(f"S{chars.shape[0]}").ravel().astype(dtype)
+        except (ValueError, OverflowError):
+            return None
+    if not floating:
+        return np.where(negative, -mantissa, mantissa).astype(dtype)
+    magnitude = mantissa.astype(np.float64) / 10.0 ** fraction
+    return np.where(negative, -magnitude, magnitude)  # "-0" is -0.0, as float() reads it
 
 
 def _regular_columns(path, fields: int, numbers: dict):
