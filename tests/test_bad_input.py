@@ -146,7 +146,7 @@ def test_bad_bed_files(toy, capsys, tmp_path):
         for ext in ("bim", "fam"):
             (tmp_path / f"{name}.{ext}").write_bytes((toy / f"toy.{ext}").read_bytes())
         _fails(capsys, message, "--bfile", tmp_path / name, "--out", tmp_path / "r")
-    _fails(capsys, "none.bim", "--bfile", tmp_path / "none", "--out", tmp_path / "r")
+    _fails(capsys, "none.fam", "--bfile", tmp_path / "none", "--out", tmp_path / "r")  # the samples come first
 
 
 def test_bad_bimbam(capsys, tmp_path):

@@ -109,8 +109,8 @@ def test_cli_scan_missing_file_is_a_clean_error(tmp_path):
 
 
 def test_programs_loaded_ahead_are_the_ones_the_scan_runs(tmp_path, monkeypatch):
-    """A kinship scan loads its kept programs while the kinship is read, from shapes guessed before (the kinship's
-    rank: n - 1 once centred); the guess must name exactly the programs the scan then runs."""
+    """A kinship scan loads its kept programs while the .bim and the kinship are read, from shapes guessed before
+    (the kinship's rank: n - 1 once centred); the guess must name exactly the programs the scan then runs."""
     rng = np.random.default_rng(5)
     n, m = 40, 120
     genotypes = rng.binomial(2, rng.uniform(0.2, 0.5, size=m), size=(n, m)).astype(float)
@@ -127,6 +127,7 @@ def test_programs_loaded_ahead_are_the_ones_the_scan_runs(tmp_path, monkeypatch)
         paths.clear()
         run_scan(config)
         assert not executables._PRELOADED  # every program loaded ahead was taken
-    assert len(first_paths) == 4 and first_paths[:2] == first_paths[2:]  # null fit and chunk fit, guessed = run
-    assert paths == first_paths and found == [False, False, True, True]
+    # null fit and chunk fit: guessed before the .bim is read, guessed again after (a no-op), run
+    assert len(first_paths) == 6 and first_paths[:2] == first_paths[2:4] == first_paths[4:]
+    assert paths == first_paths and found == [False] * 4 + [True] * 4
     assert open(tmp_path / "out.assoc.tsv").read() == first_table
