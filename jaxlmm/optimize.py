@@ -245,8 +245,6 @@ def minimize_elementwise(
     def with_aux(evaluate):
         return evaluate if has_aux else (lambda *args: (*evaluate(*args), ()))
 
-    evaluate_all = with_aux(forward_mode if derivatives is None else derivatives)
-    skip_given = skip is not None
     step_tol = xtol if polish_xtol is None else max(xtol, polish_xtol)
 
     def status(t, grad, curv):
@@ -300,10 +298,14 @@ def minimize_elementwise(
     gathered = (lane_derivatives is not None and compact_lanes is not None and params0.ndim == 1
                 and compact_lanes < size)
     evaluate_lanes = with_aux(lane_derivatives) if gathered else None
-    if objective is None and derivatives is None:  # the whole batch is every lane listed
-        if lane_derivatives is None:
-            raise ValueError("minimize_elementwise needs objective, derivatives or lane_derivatives")
+    if derivatives is not None:
+        evaluate_all = with_aux(derivatives)
+    elif objective is not None:
+        evaluate_all = with_aux(forward_mode)
+    elif lane_derivatives is not None:  # the whole batch is every element listed
         evaluate_all = with_aux(lambda t: lane_derivatives(t, np.arange(size)))
+    else:
+        raise ValueError("minimize_elementwise needs objective, derivatives or lane_derivatives")
     aux_like = jax.eval_shape(evaluate_all, params0)[3]
     unknown = jnp.full_like(params0, jnp.nan)
     skip = jnp.zeros(params0.shape, bool) if skip is None else skip
@@ -311,7 +313,7 @@ def minimize_elementwise(
     fresh = Lanes(params0, jnp.full_like(params0, jnp.inf), unknown, unknown, jnp.zeros(params0.shape, jnp.int32),
                   skip, jnp.ones_like(params0), jnp.ones(params0.shape, bool), jnp.arange(size).reshape(params0.shape),
                   jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux_like))
-    if gathered and (first_lanes is not None or skip_given):
+    if gathered and first_lanes is not None:
         # the gathered loop's first round evaluates up to first_lanes elements; the others wait for their turn
         final = _gathered_loop(advance, evaluate_lanes, fresh, compact_lanes, max_iter,
                                first=min(first_lanes or size, size))
