@@ -200,8 +200,8 @@ def test_read_table_reads_all_columns_or_the_ones_asked_for(tmp_path):
 
 
 def test_bim_read_the_same_whatever_the_whitespace(tmp_path):
-    """Tab-only files take the tokenizer's tab path; spaces anywhere (also beside tabs), CRLF line ends and blank
-    lines give the same columns."""
+    """PLINK's tab layout (read by numpy), spaces anywhere (also beside tabs), CRLF line ends and blank lines (read
+    by pandas' tokenizer) give the same columns."""
     texts = {"tabs": "1\trs1\t0\t100\tA\tG\n2\trs2\t0.5\t200\tC\tT\n",
              "spaces": "1 rs1 0 100 A G\n2  rs2 0.5 200 C T\n",
              "mixed": "1\trs1 \t0\t100\tA\tG\n2\trs2\t0.5\t200\tC\t T\n",

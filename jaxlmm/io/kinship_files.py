@@ -57,7 +57,7 @@ def _read_text_matrix(path) -> np.ndarray:
 
 def _small_text_matrix(path) -> np.ndarray | None:
     """The matrix of a text file whose non-empty lines hold the same number of whitespace-separated numbers, by
-    numpy's text conversion (500 x 500: 0.03 s); None for anything else (the caller's parse names the problem)."""
+    numpy's text conversion (500 x 500: 0.09 s); None for anything else (the caller's parse names the problem)."""
     import warnings
 
     with open(path, "rb") as handle:
