@@ -55,11 +55,11 @@ class Inputs(NamedTuple):
     notes: tuple
 
 
-def read_inputs(config: ScanConfig, samples_known: Callable[[int, int], None] | None = None) -> Inputs:
+def read_inputs(config: ScanConfig, samples_known: Callable | None = None) -> Inputs:
     """Open the genotypes and read and match the phenotype, covariates and groups (errors name file and line).
 
-    samples_known(n, covariates): called once the analyzed samples (n) and the covariate columns (with the intercept)
-    are known, before a PLINK fileset's ``.bed``/``.bim`` are opened (the ``.bim`` is the slowest read: 0.15 s at
+    samples_known(n, covariates): called once the analyzed samples (n) and the covariates (None, or columns on all
+    samples) are known, before a PLINK fileset's ``.bed``/``.bim`` are opened (the ``.bim`` is the slowest read: 0.15 s at
     300,000 variants), e.g. to start loading programs meanwhile."""
     genotypes = None
     if config.bfile is not None:  # the samples from the .fam; the genotypes opened once the samples are known
@@ -144,7 +144,7 @@ def read_inputs(config: ScanConfig, samples_known: Callable[[int, int], None] | 
     if not keep.any():
         raise InputError("no sample has a phenotype value and complete covariates; nothing to analyze")
     if samples_known is not None:
-        samples_known(int(keep.sum()), 1 + (0 if covariates is None else covariates.shape[1]))
+        samples_known(int(keep.sum()), covariates)
     if genotypes is None:
         genotypes = BedReader(config.bfile)
     tested, kinship_variants = None, None
@@ -286,11 +286,12 @@ def _prepare(config, inputs, random, chromosome=None):
         raise InputError(f"{', '.join(filter(None, sources))}: {err}") from None
 
 
-def _preload_programs(config: ScanConfig, n: int, covariates: int, phenotypes: int, genotype_dtype) -> None:
-    """Load the kept programs of this kinship scan (n samples, covariate columns with the intercept) while the
-    kinship is read and decomposed, guessing its rank: n - 1 for the centred kinship of n samples (see
-    :func:`jaxlmm.scan.preload_kinship_scan`). Asking again for the same programs does nothing."""
-    preload_kinship_scan(n, covariates, phenotypes, n - 1, genotype_dtype, mode=config.mode, chunk_size=config.chunk,
+def _preload_programs(config: ScanConfig, n: int, covariates, phenotypes: int, genotype_dtype) -> None:
+    """Load the kept programs of this kinship scan (n samples; covariates None or (rows, c0), an intercept beside
+    them) while the kinship is read and decomposed, guessing its rank: n - 1 for the centred kinship of n samples
+    (see :func:`jaxlmm.scan.preload_kinship_scan`). Asking again for the same programs does nothing."""
+    columns = 1 + (0 if covariates is None else covariates.shape[1])
+    preload_kinship_scan(n, columns, phenotypes, n - 1, genotype_dtype, mode=config.mode, chunk_size=config.chunk,
                          min_maf=config.min_maf, max_missing=config.max_missing, max_iter=config.max_iter,
                          rotation_dtype=config.rotation)
 
@@ -347,9 +348,9 @@ def run_scan(config: ScanConfig, on_chunk: Callable[[int, int], None] | None = N
     table = ResumableTable(path, fingerprint(config), config.resume)
     if table.resumed_from:
         lines.append(f"resumed: {table.resumed_from} rows were already written")
-    if config.groups is None and m > 0 and table.resumed_from < stop - start:  # other formats; or after dropped rows
-        _preload_programs(config, inputs.y.shape[0], 1 + (0 if inputs.covariates is None else inputs.covariates.shape[1]),
-                          1 if inputs.y.ndim == 1 else inputs.y.shape[1], rows[:, :1].dtype)
+    if config.groups is None and m > 0 and table.resumed_from < stop - start:  # other formats (PLINK: loading already)
+        _preload_programs(config, inputs.y.shape[0], inputs.covariates, 1 if inputs.y.ndim == 1 else inputs.y.shape[1],
+                          rows[:, :1].dtype)
     random_for = _random_effects(config, inputs, lines)
     begin, current, reported = start + table.resumed_from, None, table.resumed_from
     tally = _Tally()  # statuses and p-values of the rows written by this run
