@@ -226,11 +226,12 @@ def minimize_elementwise(
     ``skip`` (B,) bool: elements the caller needs no optimum for, known before any evaluation. They are not fitted
     and come back at their start with value inf, gradient NaN, zero aux, not converged, no iterations; when
     gathered, those past the first K1 are not evaluated at all (those the first evaluation covers are evaluated and
-    dropped). ``first_lanes=K1`` (with ``lane_derivatives`` and ``compact_lanes``): the first evaluation is of the
-    first K1 elements (``lane_derivatives`` gets a numpy ``arange(K1)`` as their index, so it may slice rather than
-    gather), and the other elements not skipped get theirs in the gathered loop. Together they make a batch whose
-    leading K1 elements are the ones that usually need fitting pay for those only, with shapes fixed at compile
-    time.
+    dropped). ``first_lanes=K1`` (with ``lane_derivatives`` and ``compact_lanes``): first evaluations go over the
+    batch K1 elements at a time as they lie, ``[0, K1)``, ``[K1, 2 K1)``, ... (``lane_derivatives`` gets a numpy
+    ``arange`` as their index, so it may slice rather than gather); a slice with at most ``compact_lanes`` elements
+    to fit is left to the gathered loop (one gathered round takes them all), decided at run time. Together they make
+    a batch whose slices that need fitting pay for those only, with shapes fixed at compile time (the scan: REML
+    lanes first, then ML lanes that are fitted at mouse HS1940 and skipped at N = 500).
 
     Every path starts from the same unevaluated elements; the first evaluation is an ordinary step of the loop
     (``advance``), which takes whatever a fresh element's evaluation gives.
@@ -314,7 +315,8 @@ def minimize_elementwise(
                   skip, jnp.ones_like(params0), jnp.ones(params0.shape, bool), jnp.arange(size).reshape(params0.shape),
                   jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux_like))
     if gathered and first_lanes is not None:
-        # the gathered loop's first round evaluates up to first_lanes elements; the others wait for their turn
+        # first rounds on slices of first_lanes elements (those with more than compact_lanes to fit); the rest
+        # wait for their turn in the gathered loop
         final = _gathered_loop(advance, evaluate_lanes, fresh, compact_lanes, max_iter,
                                first=min(first_lanes or size, size))
     elif gathered:
@@ -340,9 +342,10 @@ def _gathered_loop(advance, evaluate_lanes, initial, k, max_iter, first=None):
     elements still going, gathers them (padding with repeats of the last element, whose results are dropped),
     advances them one evaluation and puts them back; more than k elements still going take several iterations.
     advance(lanes, evaluate) is the one-evaluation update; evaluate_lanes(t (k,), index (k,)) -> (value, grad,
-    curv, aux); initial: the starting points of all elements (every leaf (B, ...)), evaluated or fresh; first: a
-    round taken before the loop on the first ``first`` elements as they lie (index a numpy ``arange``, so the
-    caller can slice its data instead of gathering it), advancing those still going.
+    curv, aux); initial: the starting points of all elements (every leaf (B, ...)), evaluated or fresh; first: rounds
+    taken before the loop on consecutive slices of ``first`` elements as they lie (index a numpy ``arange``, so the
+    caller can slice its data instead of gathering it), advancing those still going; a slice with at most k of
+    them is left to the loop (:func:`jax.lax.cond`: a gathered round costs less than a whole slice then).
 
     The loop carries the state as one (F, B) matrix (every leaf flattened, flags and counts as floats, exactly), so
     an iteration is one gather in and one gather back: per-leaf gathers and scatters made the compiled program
@@ -374,10 +377,16 @@ def _gathered_loop(advance, evaluate_lanes, initial, k, max_iter, first=None):
         return jnp.where(slot < k, new[:, jnp.minimum(slot, k - 1)], state), count + 1
 
     state = stack(initial)
-    if first is not None:  # the first `first` elements, not gathered: a static slice of the state and the data
-        leading = np.arange(first)
-        new = stack(advance(unstack(state[:, :first]), lambda t: evaluate_lanes(t, leading)))
-        state = jnp.concatenate([new, state[:, first:]], axis=1)
+    for begin in range(0, size, first) if first else ():  # slices of `first` elements as they lie: not gathered
+        lanes = np.arange(begin, min(begin + first, size))
+
+        def evaluated(state, lanes=lanes):
+            part = state[:, lanes[0]:lanes[-1] + 1]
+            new = stack(advance(unstack(part), lambda t: evaluate_lanes(t, lanes)))
+            return jax.lax.dynamic_update_slice_in_dim(state, new, int(lanes[0]), axis=1)
+
+        going = jnp.sum(state[done_row, lanes[0]:lanes[-1] + 1] == 0)
+        state = evaluated(state) if begin == 0 else jax.lax.cond(going > k, evaluated, lambda state: state, state)
     carry = (state, jnp.asarray(0))
     rounds = (max_iter + 1) * (-(-size // k))  # enough for every element's first evaluation and max_iter steps
     final, _ = jax.lax.while_loop(lambda carry: jnp.any(carry[0][done_row] == 0) & (carry[1] < rounds), step, carry)

@@ -252,6 +252,36 @@ def test_skipped_elements_are_never_evaluated_and_the_others_follow_the_same_ite
         np.testing.assert_array_equal(result.params, ungathered.params)
 
 
+def test_first_evaluations_slice_the_batch_where_enough_elements_need_fitting():
+    """first_lanes=8 over 40 elements: the first slice is always evaluated as it lies; a later slice only when more
+    than compact_lanes of its elements need fitting (then its skipped ones are evaluated and dropped); the others'
+    elements are gathered, their skipped ones never evaluated. Results equal whole-batch evaluations."""
+    derivatives_of = _separable_objective(seed=7, slow=np.arange(40) % 9 == 0)
+    skip = np.zeros(40, bool)
+    skip[8:16] = True  # nothing to fit: not evaluated
+    skip[[17, 20]] = True  # 6 of 8 to fit: sliced
+    skip[24:29] = True  # 3 of 8 to fit: gathered
+    everything = jnp.arange(40)
+    evaluations = []  # (sliced, lanes) per evaluation run
+
+    def counted(t, index):
+        sliced = isinstance(index, np.ndarray)
+        jax.debug.callback(lambda i: evaluations.append((sliced, np.asarray(i).tolist())), index)
+        return derivatives_of(t, index)
+
+    options = dict(max_iter=40, derivatives=lambda t: derivatives_of(t, everything))
+    whole = minimize_elementwise(lambda t: derivatives_of(t, everything)[0], jnp.zeros(40), -5.0, 5.0, **options)
+    result = minimize_elementwise(lambda t: derivatives_of(t, everything)[0], jnp.zeros(40), -5.0, 5.0,
+                                  lane_derivatives=counted, compact_lanes=4, skip=jnp.asarray(skip), first_lanes=8,
+                                  max_iter=40)
+    sliced = [lanes for was_sliced, lanes in evaluations if was_sliced]
+    assert sliced == [list(range(0, 8)), list(range(16, 24)), list(range(32, 40))]
+    gathered = {lane for was_sliced, lanes in evaluations if not was_sliced for lane in lanes}
+    assert {29, 30, 31} <= gathered and not gathered & set(np.flatnonzero(skip))
+    for a, b in zip(whole[:6], result[:6]):
+        np.testing.assert_array_equal(np.asarray(a)[~skip], np.asarray(b)[~skip])
+
+
 def test_a_boundary_that_certainly_wins_settles_the_fit_and_a_near_tie_does_not():
     """_boundary_wins: decided from the first evaluation when the boundary beats twice the predicted decrease;
     a near tie (within the cubic term's reach), a long step or negative curvature leave the fit to Newton."""
