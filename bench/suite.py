@@ -6,8 +6,9 @@
 Sections (``--skip`` any of them: mouse, sim, groups, floor, cli):
 * mouse HS1940 (``tests/fixtures/gemma/mouse_hs1940``, phenotype 1) and simulated PLINK filesets (``--sim NxM,...``):
   ``-gk 1`` kinship (GEMMA, JAMMA; jaxlmm's ``relatedness`` in process), then ``-lmm 1`` and ``-lmm 4`` with that same
-  kinship (GEMMA, JAMMA) against the ``jaxlmm scan`` CLI (whole process; run twice, the second run reported with
-  JAX's persistent compilation cache warm), and jaxlmm's library scan in process (compile excluded).
+  kinship (GEMMA, JAMMA) against the ``jaxlmm scan`` CLI (whole process: a first run that may compile, then
+  ``--repeat`` runs of every tool in turn with JAX's persistent compilation cache warm, the median reported, so that
+  a noisy machine's slow spells fall on all tools alike), and jaxlmm's library scan in process (compile excluded).
 * the floor for each simulated fileset: one pass decoding the genotype matrix plus the rotation ``U'G`` alone.
 * grouping-factor scan (N = 2,000, 100 families): lme4 ``lmer`` loop and statsmodels ``MixedLM`` loop on a subset
   of variants, ``jaxlmm.scan(..., groups=...)`` on all; per-variant rates.
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from common import (ROOT, Measured, Row, format_differences, load_average, p_value_differences, print_table,  # noqa: E402
-                    run_measured, timed_call, which, write_kinship, write_plink)
+                    run_alternated, run_measured, summarized, timed_call, which, write_kinship, write_plink)
 
 from jaxlmm.io.plink import BedReader  # noqa: E402
 from jaxlmm.kinship import passing_variants, relatedness  # noqa: E402
@@ -45,6 +46,7 @@ from jaxlmm.scan import center, scan  # noqa: E402
 
 MOUSE = ROOT / "tests" / "fixtures" / "gemma" / "mouse_hs1940"
 JAMMA_DEFAULT = ROOT / "bench" / ".venv-jamma" / "bin" / "jamma"
+REPEAT_ONCE_BEYOND = 60.0  # seconds: whole-process runs longer than this are not repeated (GEMMA at N = 500 M = 300k)
 
 
 class Peers:
@@ -88,31 +90,41 @@ def _read_assoc(path):
     return pd.read_csv(path, sep="\t")
 
 
-def _scan_rows(name, bfile, kinship_file, m, peers, workdir, rows, agreement):
-    """-lmm 1 and -lmm 4 with every peer against the jaxlmm CLI (second run reported)."""
+def _scan_rows(name, bfile, kinship_file, m, peers, workdir, rows, agreement, repeat):
+    """-lmm 1 and -lmm 4 with every peer against the jaxlmm CLI: a first run of each (jaxlmm's may compile, JAMMA's
+    are slower), then ``repeat`` alternated runs of all (:func:`common.run_alternated`; runs over
+    :data:`REPEAT_ONCE_BEYOND` seconds are not repeated), the median reported."""
     cli = [sys.executable, "-m", "jaxlmm.cli", "scan", "--bfile", str(bfile), "--pheno-col", "1",
            "--kinship", str(kinship_file)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     first = run_measured(cli + ["--out", str(workdir / "jaxlmm1")], workdir / "jaxlmm1.log", env)
     rows.append(Row(name, "jaxlmm CLI", "-lmm 4 [1st run]", m, first, "whole process, may compile"))
-    measured = run_measured(cli + ["--out", str(workdir / "jaxlmm")], workdir / "jaxlmm.log", env)
-    rows.append(Row(name, "jaxlmm CLI", "-lmm 4", m, measured, "whole process, compile cache warm"))
-    rows.append(Row(name, "jaxlmm CLI", "-lmm 1", m, measured, "same run (all tests at once)"))
-    ours = _read_assoc(workdir / "jaxlmm.assoc.tsv")
+    commands, absent = {"jaxlmm": (cli + ["--out", str(workdir / "jaxlmm")], workdir / "jaxlmm.log", env)}, {}
     for tool, exe in (("GEMMA", peers.gemma), ("JAMMA", peers.jamma)):
         for lmm in ("1", "4"):
             if exe is None:
-                rows.append(Row(name, tool, f"-lmm {lmm}", m, None, peers.absent(tool)))
+                absent[tool, lmm] = peers.absent(tool)
                 continue
             out = f"{tool}_lmm{lmm}"
             command = _peer_command(tool, exe, bfile, out, workdir, "-k", str(kinship_file), "-lmm", lmm, "-n", "1")
-            if tool == "JAMMA":  # its first runs are slower (caches): report a second run like ours
+            if tool == "JAMMA":  # its first runs are slower (caches): not counted, like our first
                 run_measured(command, workdir / f"{out}.first.log")
-            measured = run_measured(command, workdir / f"{out}.log")
-            note = "whole process" + (", 2nd run" if tool == "JAMMA" else "")
-            rows.append(Row(name, tool, f"-lmm {lmm}", m, measured, note))
-            agreement.append((name, f"{tool} -lmm {lmm}",
-                              format_differences(p_value_differences(ours, _read_assoc(workdir / f"{out}.assoc.txt")))))
+            commands[tool, lmm] = (command, workdir / f"{out}.log", None)
+    runs = run_alternated(commands, repeat, REPEAT_ONCE_BEYOND)
+    measured, spread = summarized(runs["jaxlmm"])
+    rows.append(Row(name, "jaxlmm CLI", "-lmm 4", m, measured, "; ".join(
+        filter(None, ["whole process, compile cache warm", spread]))))
+    rows.append(Row(name, "jaxlmm CLI", "-lmm 1", m, measured, "same runs (all tests at once)"))
+    ours = _read_assoc(workdir / "jaxlmm.assoc.tsv")
+    for tool in ("GEMMA", "JAMMA"):
+        for lmm in ("1", "4"):
+            if (tool, lmm) in absent:
+                rows.append(Row(name, tool, f"-lmm {lmm}", m, None, absent[tool, lmm]))
+                continue
+            measured, spread = summarized(runs[tool, lmm])
+            rows.append(Row(name, tool, f"-lmm {lmm}", m, measured, "; ".join(filter(None, ["whole process", spread]))))
+            agreement.append((name, f"{tool} -lmm {lmm}", format_differences(
+                p_value_differences(ours, _read_assoc(workdir / f"{tool}_lmm{lmm}.assoc.txt")))))
 
 
 def _in_process_rows(name, y, genotypes, kinship, m, rows, chunk_size):
@@ -151,7 +163,7 @@ def _floor_rows(name, genotypes, kinship, m, rows, chunk_size, scan_seconds):
                     f"({(scan_seconds - eigh_seconds) / floor:.2f} without the scan's eigh)"))
 
 
-def plink_section(name, bfile, peers, rows, agreement, chunk_size, skip):
+def plink_section(name, bfile, peers, rows, agreement, chunk_size, skip, repeat=1):
     reader = BedReader(bfile)
     analyzed = ~np.isnan(reader.fam.phenotype)
     m = reader.shape[1]
@@ -161,7 +173,7 @@ def plink_section(name, bfile, peers, rows, agreement, chunk_size, skip):
         kinship_file = workdir / "kinship.txt"
         write_kinship(kinship_file, kinship)
         if "cli" not in skip:
-            _scan_rows(name, bfile, kinship_file, m, peers, workdir, rows, agreement)
+            _scan_rows(name, bfile, kinship_file, m, peers, workdir, rows, agreement, repeat)
     sub = np.ix_(analyzed, analyzed)
     from jaxlmm.pipeline import ScannedGenotypes
 
@@ -217,6 +229,9 @@ def main() -> None:
     parser.add_argument("--lme4-variants", type=int, default=20)
     parser.add_argument("--statsmodels-variants", type=int, default=5)
     parser.add_argument("--workdir", default=None, help="keep simulated filesets here (default: a temporary dir)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="alternated whole-process runs of jaxlmm and each peer; the median is reported (runs "
+                             f"over {REPEAT_ONCE_BEYOND:.0f} s are not repeated)")
     args = parser.parse_args()
     skip, wanted = set(args.skip.split(",")), set(args.peers.split(","))
     peers = Peers(wanted)
@@ -227,7 +242,7 @@ def main() -> None:
           f"; Rscript {which('Rscript') or 'absent'}")
     rows, agreement = [], []
     if "mouse" not in skip:
-        plink_section("mouse_hs1940", MOUSE, peers, rows, agreement, args.chunk, skip)
+        plink_section("mouse_hs1940", MOUSE, peers, rows, agreement, args.chunk, skip, args.repeat)
     if "sim" not in skip:
         keep = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="jaxlmm-bench-"))
         keep.mkdir(parents=True, exist_ok=True)
@@ -235,7 +250,7 @@ def main() -> None:
             prefix = keep / f"sim_{n}x{m}"
             if not Path(str(prefix) + ".bed").exists():
                 write_plink(prefix, n, m)
-            plink_section(f"sim N={n} M={m}", prefix, peers, rows, agreement, args.chunk, skip)
+            plink_section(f"sim N={n} M={m}", prefix, peers, rows, agreement, args.chunk, skip, args.repeat)
     if "groups" not in skip:
         n, families, m = map(int, args.groups.split("x"))
         groups_section(rows, agreement, wanted, n, families, m, args.lme4_variants, args.statsmodels_variants)
