@@ -170,6 +170,34 @@ def test_int8_genotypes(rng):
     np.testing.assert_array_equal(as_int8["p_wald"], as_float["p_wald"])
 
 
+def test_packing_the_variants_that_pass_the_filters_changes_no_row(rng, monkeypatch):
+    """int8 counts are summarized on the host and only variants passing the filters are fitted, packed across chunk
+    boundaries: every row (statuses, NaN for the filtered, converged/iterations) equals the unpacked scan's and the
+    float scan's (summarized on the device), with filtered variants of every kind, missing calls and HWE."""
+    import importlib
+
+    scan_module = importlib.import_module("jaxlmm.scan")
+    Y, genotypes, covariates, K = simulated(rng, m=45)
+    genotypes[:, [1, 9, 10, 11, 12, 30]] = 1.0  # monomorphic, a run of them across a chunk boundary
+    genotypes[:, 17] = np.nan  # all missing
+    genotypes[:20, 18] = np.nan  # too many missing
+    genotypes[:3, [19, 40]] = np.nan  # imputed
+    genotypes[:, 25] = 0.0
+    genotypes[0, 25] = 1.0  # low maf
+    genotypes[:, 33] = 2.0
+    genotypes[:60, 33] = 0.0  # no heterozygotes: fails the HWE test
+    counts = np.where(np.isnan(genotypes), -1, genotypes).astype(np.int8)
+    options = dict(kinship=K, chunk_size=8, min_hwe_p=1e-6)
+    packed = scan(Y[:, 0], counts, covariates, **options).columns
+    as_float = scan(Y[:, 0], genotypes, covariates, **options).columns
+    monkeypatch.setattr(scan_module, "PACK_FILTERED", False)
+    unpacked = scan(Y[:, 0], counts, covariates, **options).columns
+    assert {"monomorphic", "all_missing", "too_many_missing", "low_maf", "hwe", "ok"} == set(packed["status"])
+    for other in (unpacked, as_float):
+        for key, values in packed.items():
+            np.testing.assert_array_equal(values, other[key], err_msg=key)
+
+
 def test_bad_scan_input_is_named(rng):
     Y, genotypes, covariates, K = simulated(rng, m=4)
     with pytest.raises(jaxlmm.InputError, match="exactly one random effect"):
