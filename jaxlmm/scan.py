@@ -828,13 +828,17 @@ def scan_chunks(prepared: PreparedScan, genotypes, start: int = 0, stop: int | N
             excluded[:filled] = False
             dispatch(parts, np.concatenate(pieces, axis=1), excluded)
 
+    def completed() -> Iterator[ScanChunk]:
+        """The leading input chunks whose fitted variants are all back, in order."""
+        while waiting and waiting[0].remaining == 0:
+            yield _finished(prepared, waiting.popleft())
+
     def collect_oldest() -> Iterator[ScanChunk]:
         parts, dispatched = batches.popleft()
         out = _fetched(dispatched)
         for chunk, rows, columns in parts:
             chunk.take(out, rows, columns)
-        while waiting and waiting[0].remaining == 0:
-            yield _finished(prepared, waiting.popleft())
+        yield from completed()
 
     try:
         for chunk in _column_chunks(genotypes, prepared.chunk_size, start, stop):
@@ -862,13 +866,11 @@ def scan_chunks(prepared: PreparedScan, genotypes, start: int = 0, stop: int | N
             offset += b
             while len(batches) > concurrent:
                 yield from collect_oldest()
-            while waiting and waiting[0].remaining == 0:  # e.g. nothing in it to fit
-                yield _finished(prepared, waiting.popleft())
+            yield from completed()  # e.g. nothing in it to fit
         dispatch_packed(final=True)
         while batches:
             yield from collect_oldest()
-        while waiting:  # chunks with no variant to fit
-            yield _finished(prepared, waiting.popleft())
+        yield from completed()  # chunks with no variant to fit
     finally:
         if launcher is not None:
             launcher.shutdown(wait=True, cancel_futures=True)
@@ -937,25 +939,22 @@ def _finished(prepared: PreparedScan, chunk: _Waiting) -> ScanChunk:
     summary = chunk.summary if chunk.summary is not None else {k: np.zeros(0) for k in _SUMMARY}
     status = _variant_status(prepared.n, summary["n_miss"], summary["af"], summary["spread"], chunk.hwe_failed,
                              prepared.min_maf, prepared.max_missing)
-    status[(status == "ok") & ~summary["ok"].astype(bool)] = "monomorphic"  # never: the thresholds are the device's
-    n_miss, af = summary["n_miss"].astype(int), summary["af"]
-    out = chunk.outputs if chunk.outputs is not None else {}
-    out.update(_p_values({k: out.get(k, np.full((P, b), np.nan)) for k in ("wald", "lrt", "score")}, df))
-    ratio = out.get("collinear_ratio", np.full((P, b), np.nan))
     fitted = summary["ok"].astype(bool)
+    status[(status == "ok") & ~fitted] = "monomorphic"  # never: the thresholds are the device's
+    n_miss, af = summary["n_miss"].astype(int), summary["af"]
+    blank = np.full((P, b), np.nan)
+    out = {key: (chunk.outputs or {}).get(key, blank) for key in (*COLUMNS[4:-1], "collinear_ratio", "lrt", "score")}
+    out.update(_p_values(out, df))
+    for key, default in _NOT_FITTED.items():
+        out[key] = np.where(fitted, out[key], default).astype(bool if key == "converged" else int)
+    ratio = out["collinear_ratio"]
     reference = np.maximum(1.0, ratio[:, fitted].max(axis=1, initial=1.0))[:, None]  # the chunk's fitted variants
     st = np.broadcast_to(status, (P, b)).copy()
     st[(st == "ok") & (ratio <= 1e-8 * reference)] = "collinear"
-    converged = out.get("converged", np.ones((P, b)))
-    st[(st == "ok") & ~np.where(fitted, converged, 1).astype(bool)] = "not_converged"
+    st[(st == "ok") & ~out["converged"]] = "not_converged"
     filtered = (st != "ok") & (st != "not_converged")
     columns = {"n_miss": np.broadcast_to(n_miss, (P, b)).copy(), "af": np.broadcast_to(af, (P, b)).copy()}
     for key in COLUMNS[4:-1]:
-        values = out.get(key, np.full((P, b), np.nan))
-        if key in _NOT_FITTED:
-            columns[key] = np.where(fitted, np.nan_to_num(values, nan=_NOT_FITTED[key]), _NOT_FITTED[key]).astype(
-                bool if key == "converged" else int)
-        else:
-            columns[key] = np.where(filtered, np.nan, values)
+        columns[key] = out[key] if key in _NOT_FITTED else np.where(filtered, np.nan, out[key])
     columns["status"] = st.astype(str)
     return ScanChunk(chunk.offset, columns)
