@@ -146,7 +146,7 @@ def read_inputs(config: ScanConfig, samples_known: Callable | None = None) -> In
     if samples_known is not None:
         samples_known(int(keep.sum()), covariates)
     if genotypes is None:
-        genotypes = BedReader(config.bfile)
+        genotypes = BedReader(config.bfile, fam)
     tested, kinship_variants = None, None
     rsid = np.asarray(genotypes.bim.rsid)
     if config.snps:

@@ -212,11 +212,12 @@ class BedReader:
     ``shape`` is (samples, variants); genotype values count A1 (see module docstring), NaN when missing.
     """
 
-    def __init__(self, prefix):
+    def __init__(self, prefix, fam: Fam | None = None):
+        """fam: the fileset's ``.fam`` when the caller has read it already (else it is read here)."""
         prefix = str(prefix)
         self.bed_path = prefix + ".bed"
         self.bim = read_bim(prefix + ".bim")
-        self.fam = read_fam(prefix + ".fam")
+        self.fam = read_fam(prefix + ".fam") if fam is None else fam
         n, m = self.fam.iid.shape[0], self.bim.rsid.shape[0]
         self.bytes_per_variant = (n + 3) // 4
         try:
