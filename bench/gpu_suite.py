@@ -69,9 +69,9 @@ def captured_fit_arguments(y, kinship, first_chunk, chunk_size, rotation_dtype):
     captured = {}
     original = SCAN_MODULE._fit_chunk
 
-    def spy(rotation_basis, shared, raw, excluded, **options):
+    def spy(rotation_basis, shared, *batch, **options):
         captured.update(rotation_basis=rotation_basis, shared=shared, options=options)
-        return original(rotation_basis, shared, raw, excluded, **options)
+        return original(rotation_basis, shared, *batch, **options)
 
     SCAN_MODULE._fit_chunk = spy
     try:
@@ -96,9 +96,10 @@ def split(y, kinship, pool_chunks, chunk_size, rotation_dtype, chunks: int) -> d
     with jax.enable_x64(True):
         for i in range(chunks + 1):  # the first round compiles and is not counted
             host = pool_chunks[i % len(pool_chunks)]  # what the scan sends: the raw int8 chunk (imputed on device)
-            (device, excluded), transfer = _blocked(jax.device_put, (host, np.zeros(host.shape[1], bool)))
+            means = SCAN_MODULE._summary(host, np.zeros(host.shape[1], bool), 0.0, 1.0).means
+            (device, *flags), transfer = _blocked(jax.device_put, (host, means, np.zeros(host.shape[1], bool)))
             _, rotation = _blocked(rotate, args["rotation_basis"], device)
-            out, fitted = _blocked(fit, args["rotation_basis"], args["shared"], device, excluded)
+            out, fitted = _blocked(fit, args["rotation_basis"], args["shared"], device, *flags)
             start = time.perf_counter()
             jax.tree.map(np.asarray, out)
             output = time.perf_counter() - start

@@ -292,8 +292,7 @@ def _preload_programs(config: ScanConfig, n: int, covariates, phenotypes: int, g
     (see :func:`jaxlmm.scan.preload_kinship_scan`). Asking again for the same programs does nothing."""
     columns = 1 + (0 if covariates is None else covariates.shape[1])
     preload_kinship_scan(n, columns, phenotypes, n - 1, genotype_dtype, mode=config.mode, chunk_size=config.chunk,
-                         min_maf=config.min_maf, max_missing=config.max_missing, max_iter=config.max_iter,
-                         rotation_dtype=config.rotation)
+                         max_iter=config.max_iter, rotation_dtype=config.rotation)
 
 
 def _null_line(label, null) -> str:

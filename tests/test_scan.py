@@ -198,6 +198,50 @@ def test_packing_the_variants_that_pass_the_filters_changes_no_row(rng, monkeypa
             np.testing.assert_array_equal(values, other[key], err_msg=key)
 
 
+def test_host_summary_of_every_genotype_type_equals_masked_sums(rng):
+    """The host's per-variant summary (missing calls, means, spread, status) of int8 counts with -1 or -9 for
+    missing calls, int16 and uint8 counts, and float32/float64 with NaN equals plain masked sums, column by column
+    (the int8 path sums missing calls as they are and adds them back; the smallest observed value comes from the
+    unsigned view)."""
+    import importlib
+
+    scan_module = importlib.import_module("jaxlmm.scan")
+    summary_of = scan_module._summary
+    values = rng.choice([0.0, 1.0, 2.0], size=(41, 9))
+    values[:, 0] = 1.0  # monomorphic
+    values[:4, 1] = np.nan  # missing calls
+    values[:, 2] = np.nan  # all missing
+    values[:10, 3] = np.nan  # too many missing
+    values[10:12, 3] = (0.0, 2.0)
+    values[:, 4] = 2.0
+    values[:2, 4] = np.nan  # monomorphic with missing calls
+    values[:, 5] = 0.0
+    values[7, 5] = 1.0  # low maf
+    hwe_failed = np.zeros(9, bool)
+    hwe_failed[6] = True
+    missing = np.isnan(values)
+    n_miss = missing.sum(axis=0)
+    observed = np.ma.masked_array(values, missing)
+    means = np.where(n_miss < 41, observed.sum(axis=0).filled(0.0) / np.maximum(41 - n_miss, 1), 0.0)
+    spread = (observed.max(axis=0) - observed.min(axis=0)).filled(0.0)
+    chunks = {"int8 -1": np.where(missing, -1, values).astype(np.int8),
+              "int8 -9": np.where(missing, -9, values).astype(np.int8),
+              "int16 -1 (F order)": np.asfortranarray(np.where(missing, -1, values).astype(np.int16)),
+              "float32": values.astype(np.float32), "float64": values}
+    for name, chunk in chunks.items():
+        summary = summary_of(chunk, hwe_failed, 0.05, 0.2)
+        np.testing.assert_array_equal(summary.n_miss, n_miss, err_msg=name)
+        np.testing.assert_array_equal(summary.means, means, err_msg=name)
+        np.testing.assert_array_equal(summary.spread > 0, spread > 0, err_msg=name)
+        np.testing.assert_array_equal(summary.af, np.where(n_miss < 41, means / 2, np.nan), err_msg=name)
+        assert [scan_module.STATUS_CODES[code] for code in summary.status] == [
+            "monomorphic", "ok", "all_missing", "too_many_missing", "monomorphic", "low_maf", "hwe", "ok", "ok"], name
+    complete = np.nan_to_num(values[:, [0, 5, 6]]).astype(np.uint8)
+    summary = summary_of(complete, np.zeros(3, bool), 0.05, 0.2)
+    np.testing.assert_array_equal(summary.means, complete.mean(axis=0))
+    np.testing.assert_array_equal(summary.spread, np.ptp(complete, axis=0))
+
+
 def test_bad_scan_input_is_named(rng):
     Y, genotypes, covariates, K = simulated(rng, m=4)
     with pytest.raises(jaxlmm.InputError, match="exactly one random effect"):
