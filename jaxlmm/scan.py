@@ -261,6 +261,10 @@ def _null_fit(data: chunk_criteria.NullData, max_iter):
     return lam, lam_mle, q[0], -0.5 * reml_at[0], -0.5 * ml_at[0], curvature
 
 
+FIT_OUTPUTS = ("beta", "se", "wald", "lrt", "score", "lambda_remle", "lambda_mle", "s2_g", "s2_e", "logl_remle",
+               "logl_mle", "logl_H1", "pve", "collinear_ratio", "converged", "iterations")  # of a chunk fit, in order
+
+
 def _variant_tests(remle, ml_criterion, null, t_remle, t_mle, null_logl_mle, trace_ratio, fixed_variance_scale,
                    *, n, c):
     """Statistics of every variant of a chunk, (B,) arrays: remle, null: :class:`chunk_criteria.Projected` at the
@@ -319,7 +323,8 @@ def _device_impute(raw, means, excluded, dtype=jnp.float64):
 @partial(jax.jit, static_argnames=("c", "exact", "max_iter", "rotation_dtype", "block"))
 def _fit_chunk(rotation_basis, shared: _Shared, raw, means, excluded, *, c, exact, max_iter, rotation_dtype, block):
     """raw: (n, B) genotypes (negative or NaN where missing), means and excluded: (B,) (see :func:`_device_impute`).
-    Returns a dict of (P, B) arrays for every phenotype and variant of the batch.
+    Returns a (K, P, B) float64 array: the :data:`FIT_OUTPUTS` of every phenotype and variant of the batch, stacked
+    so that a batch comes back to the host as one array.
 
     The batch is fitted ``block`` variants at a time (:func:`jaxlmm.scan._fit_block_cpu`), each block imputed and
     rotated by itself: splitting the raw batch into blocks moves a quarter of the bytes (int8) of splitting the
@@ -405,7 +410,8 @@ def _fit_chunk(rotation_basis, shared: _Shared, raw, means, excluded, *, c, exac
         return jax.vmap(lambda xy_p, *rest: one_block(x_b, xc_b, xy_p, xx_b, fixed_scale, *rest))(xy, *per_phenotype)
 
     out = jax.lax.map(fit_block, (split(raw), split(means), split(excluded)))  # (blocks, P, block) each
-    return {k: jnp.moveaxis(v, 0, 1).reshape(v.shape[1], -1) for k, v in out.items()}
+    stacked = jnp.stack([out[key].astype(dtype) for key in FIT_OUTPUTS])  # (K, blocks, P, block)
+    return jnp.moveaxis(stacked, 1, 2).reshape(stacked.shape[0], stacked.shape[2], -1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -766,8 +772,8 @@ def _summary(chunk: np.ndarray, hwe_failed: np.ndarray, min_maf: float, max_miss
 
 
 class _Waiting:
-    """An input chunk whose rows are not yielded yet: its :class:`_Summary`, the fit outputs gathered so far ((P, b)
-    arrays, rows of variants not fitted NaN), and how many fitted variants are still to come back."""
+    """An input chunk whose rows are not yielded yet: its :class:`_Summary`, the fit outputs gathered so far ((K, P,
+    b) as :func:`_fit_chunk`'s, NaN for variants not fitted), and how many fitted variants are still to come back."""
 
     def __init__(self, offset: int, b: int, summary: _Summary, remaining: int):
         self.offset, self.b, self.summary, self.remaining = offset, b, summary, remaining
@@ -777,9 +783,8 @@ class _Waiting:
         """Put a batch's results for this chunk's variants ``rows`` (the batch's ``columns``; index arrays or
         slices) in place."""
         if self.outputs is None:
-            self.outputs = {k: np.full(v.shape[:-1] + (self.b,), np.nan) for k, v in out.items()}
-        for k, v in self.outputs.items():
-            v[:, rows] = out[k][:, columns]
+            self.outputs = np.full(out.shape[:-1] + (self.b,), np.nan)
+        self.outputs[..., rows] = out[..., columns]
         self.remaining -= len(range(self.b)[rows]) if isinstance(rows, slice) else rows.size
 
 
@@ -947,11 +952,11 @@ def _variant_status(n, n_miss, af, spread, hwe_failed, min_maf, max_missing) -> 
     return status
 
 
-def _fetched(dispatched) -> dict:
-    """A batch's fit outputs on the host, numpy arrays (dispatched: the fit's output, or a future of it)."""
+def _fetched(dispatched) -> np.ndarray:
+    """A batch's fit outputs on the host (dispatched: the fit's output, or a future of it)."""
     if isinstance(dispatched, Future):
         dispatched = dispatched.result()
-    return {k: np.asarray(v) for k, v in dispatched.items()}
+    return np.asarray(dispatched)
 
 
 _NOT_FITTED = {"converged": 1, "iterations": 0}  # the rows of variants that were not fitted; other columns NaN
@@ -963,8 +968,8 @@ def _finished(prepared: PreparedScan, chunk: _Waiting) -> ScanChunk:
     P, b, df = prepared.phenotypes, chunk.b, prepared.n - prepared.covariates - 1
     summary = chunk.summary
     fitted = summary.status == 0
-    blank = np.full((P, b), np.nan)
-    out = {key: (chunk.outputs or {}).get(key, blank) for key in (*COLUMNS[4:-1], "collinear_ratio", "lrt", "score")}
+    fits = chunk.outputs if chunk.outputs is not None else np.full((len(FIT_OUTPUTS), P, b), np.nan)
+    out = dict(zip(FIT_OUTPUTS, fits))
     out.update(_p_values(out, df))
     for key, default in _NOT_FITTED.items():
         out[key] = np.where(fitted, out[key], default).astype(bool if key == "converged" else int)
