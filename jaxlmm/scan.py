@@ -489,7 +489,7 @@ class PreparedScan(NamedTuple):
     chunk_size: int
     min_maf: float
     max_missing: float
-    fit_chunk: object  # (n, width) genotypes, (width,) means and excluded flags -> dict of (P, width) arrays
+    fit_chunk: object  # (n, width) genotypes, (width,) means and excluded flags -> (K, P, width) fit outputs
     chunk_sharding: object  # None, or the shardings of a chunk's (n, width) genotypes and (width,) flags
     width: int
     min_hwe_p: float = 0.0
@@ -779,7 +779,7 @@ class _Waiting:
         self.offset, self.b, self.summary, self.remaining = offset, b, summary, remaining
         self.outputs = None
 
-    def take(self, out: dict, rows, columns) -> None:
+    def take(self, out: np.ndarray, rows, columns) -> None:
         """Put a batch's results for this chunk's variants ``rows`` (the batch's ``columns``; index arrays or
         slices) in place."""
         if self.outputs is None:
@@ -828,8 +828,8 @@ def scan_chunks(prepared: PreparedScan, genotypes, start: int = 0, stop: int | N
         arguments = _batch_arguments(n, width, columns.dtype, columns, means, excluded)
         with jax.enable_x64(True):
             if prepared.chunk_sharding is not None:
-                genotypes, flags = prepared.chunk_sharding
-                arguments = jax.device_put(arguments, (genotypes, flags, flags))
+                by_variant, flags = prepared.chunk_sharding
+                arguments = jax.device_put(arguments, (by_variant, flags, flags))
                 program = prepared.fit_chunk
             else:
                 dtype = arguments[0].dtype
