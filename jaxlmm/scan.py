@@ -758,6 +758,7 @@ def _summary(chunk: np.ndarray, hwe_failed: np.ndarray, min_maf: float, max_miss
         n_miss = n_miss.astype(np.int64)
         spread = np.where(n_miss < n, largest.astype(np.int64) - smallest, 0).astype(np.float64)
     else:
+        chunk = chunk if chunk.dtype.kind == "f" else chunk.astype(np.float64)  # e.g. bool
         missing = np.isnan(chunk)
         n_miss = np.count_nonzero(missing, axis=0)
         total = np.where(missing, 0.0, chunk).sum(axis=0, dtype=np.float64)

@@ -240,6 +240,10 @@ def test_host_summary_of_every_genotype_type_equals_masked_sums(rng):
     summary = summary_of(complete, np.zeros(3, bool), 0.05, 0.2)
     np.testing.assert_array_equal(summary.means, complete.mean(axis=0))
     np.testing.assert_array_equal(summary.spread, np.ptp(complete, axis=0))
+    carriers = np.nan_to_num(values) > 0  # neither counts nor floats: summarized as floats
+    as_floats = summary_of(carriers * 1.0, hwe_failed, 0.05, 0.2)
+    for got, want in zip(summary_of(carriers, hwe_failed, 0.05, 0.2), as_floats):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_bad_scan_input_is_named(rng):
