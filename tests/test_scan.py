@@ -163,6 +163,24 @@ def test_float32_rotation_close_to_float64(rng):
     np.testing.assert_allclose(fast["beta"], exact["beta"], rtol=1e-4)
 
 
+def test_float32_rotation_is_not_left_to_tensor_cores(rng):
+    """JAX lets GPUs multiply float32 as TensorFloat32 (~1e-3 relative error) unless a product asks for full
+    precision: every float32 product of the scan's chunk program (the rotation) asks for it."""
+    import jax
+
+    from jaxlmm.scan import prepare_scan
+
+    Y, _, covariates, K = simulated(rng, m=1)
+    prepared = prepare_scan(Y[:, 0], covariates, kinship=K, rotation_dtype=np.float32, chunk_size=16)
+    fit, width = prepared.fit_chunk, prepared.width
+    with jax.enable_x64(True):
+        program = fit.func.lower(*fit.args, np.zeros((K.shape[0], width), np.int8), np.zeros(width),
+                                 np.zeros(width, bool), **fit.keywords).as_text()
+    float32_products = [line for line in program.splitlines() if "dot_general" in line and "xf32>" in line]
+    assert float32_products
+    assert all("precision = [HIGHEST, HIGHEST]" in line for line in float32_products)
+
+
 def test_int8_genotypes(rng):
     Y, genotypes, covariates, K = simulated(rng, m=10)
     as_float = scan(Y[:, 0], genotypes, covariates, kinship=K).columns
