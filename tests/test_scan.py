@@ -181,6 +181,26 @@ def test_float32_rotation_is_not_left_to_tensor_cores(rng):
     assert all("precision = [HIGHEST, HIGHEST]" in line for line in float32_products)
 
 
+def test_kinship_decomposed_on_the_device_gives_the_host_results(rng, monkeypatch):
+    """On a GPU the kinship is decomposed there (jnp.linalg.eigh), on a CPU by numpy: forced onto JAX's device
+    here, the basis (up to each vector's sign) and the scan's results are the host's."""
+    from jaxlmm import structure
+
+    Y, genotypes, covariates, K = simulated(rng, m=30)
+    on_host = scan(Y[:, 0], genotypes, covariates, kinship=K).columns
+    host_basis = structure.spectral_basis(structure.kinship_term(K))
+    monkeypatch.setattr(structure, "EIGH_ON_HOST_PLATFORMS", ())
+    device_basis = structure.spectral_basis(structure.kinship_term(K))
+    on_device = scan(Y[:, 0], genotypes, covariates, kinship=K).columns
+    assert device_basis.values.dtype == device_basis.vectors.dtype == np.float64
+    np.testing.assert_allclose(device_basis.values, host_basis.values, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(np.abs(np.sum(np.asarray(device_basis.vectors) * np.asarray(host_basis.vectors),
+                                             axis=0)), 1.0, atol=1e-8)
+    np.testing.assert_array_equal(on_device["status"], on_host["status"])
+    np.testing.assert_allclose(np.log10(on_device["p_wald"]), np.log10(on_host["p_wald"]), atol=1e-9)
+    np.testing.assert_allclose(on_device["beta"], on_host["beta"], rtol=1e-9, atol=1e-12)
+
+
 def test_int8_genotypes(rng):
     Y, genotypes, covariates, K = simulated(rng, m=10)
     as_float = scan(Y[:, 0], genotypes, covariates, kinship=K).columns
