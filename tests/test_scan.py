@@ -236,6 +236,36 @@ def test_packing_the_variants_that_pass_the_filters_changes_no_row(rng, monkeypa
             np.testing.assert_array_equal(values, other[key], err_msg=key)
 
 
+def test_summaries_in_parallel_parts_and_full_batches_change_no_row(rng, monkeypatch):
+    """Off the CPU a chunk's host summary runs in column parts on the host's cores, and a full batch goes to the
+    device with one copy and no padding: forced here (3 parts of chunks of 16 variants; chunks that pass the
+    filters whole fill a batch by themselves), every row equals the plain scan's; a batch never aliases the
+    caller's array (its fit may run after the caller reuses it)."""
+    import importlib
+
+    scan_module = importlib.import_module("jaxlmm.scan")
+    Y, genotypes, covariates, K = simulated(rng, m=48)
+    genotypes[:, 20] = 1.0  # monomorphic: its chunk is packed
+    genotypes[:5, 40] = np.nan
+    counts = np.where(np.isnan(genotypes), -1, genotypes).astype(np.int8)
+    plain = scan(Y[:, 0], counts, covariates, kinship=K, chunk_size=16).columns
+    monkeypatch.setattr(scan_module, "_summary_threads", lambda platform: 3)
+    monkeypatch.setattr(scan_module, "SUMMARY_SPLIT_CELLS", 100)
+    parts = scan(Y[:, 0], counts, covariates, kinship=K, chunk_size=16).columns
+    for key, values in plain.items():
+        np.testing.assert_array_equal(parts[key], values, err_msg=key)
+    whole = scan_module._summary(counts, np.zeros(48, bool), 0.01, 0.05)
+    in_parts = scan_module._summary_in_parts(counts, np.zeros(48, bool), 0.01, 0.05,
+                                             scan_module.ThreadPoolExecutor(3), 3)
+    for got, want in zip(in_parts, whole):
+        np.testing.assert_array_equal(got, want)
+    columns = np.asfortranarray(counts[:, :16])
+    raw, means, excluded = scan_module._batch_arguments(counts.shape[0], 16, np.int8, columns, np.ones(16),
+                                                        np.zeros(16, bool))
+    assert raw.flags.c_contiguous and not np.shares_memory(raw, columns)
+    np.testing.assert_array_equal(raw, columns)
+
+
 def test_host_summary_of_every_genotype_type_equals_masked_sums(rng):
     """The host's per-variant summary (missing calls, means, spread, status) of int8 counts with -1 or -9 for
     missing calls, int16 and uint8 counts, and float32/float64 with NaN equals plain masked sums, column by column
