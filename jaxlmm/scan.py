@@ -40,7 +40,7 @@ import collections
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
-from typing import Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -452,14 +452,29 @@ def center(K: np.ndarray) -> np.ndarray:
 
 
 def _column_chunks(genotypes, chunk_size, start=0, stop=None) -> Iterable[np.ndarray]:
+    """The (n, b) chunks of genotypes (see :func:`scan_chunks`), read one after the other."""
+    return (read() for _, read in _chunk_reads(genotypes, chunk_size, start, stop))
+
+
+def _chunk_reads(genotypes, chunk_size, start=0, stop=None) -> Iterator[tuple[int, Callable[[], np.ndarray]]]:
+    """(offset, read) per chunk: its first variant's position and a function returning it as a numpy array (for
+    column-sliceable genotypes the slice is read, e.g. decoded from a ``.bed``, when it is called, in whatever
+    thread calls it; an iterable's chunks are taken from it in order)."""
     if hasattr(genotypes, "shape") and hasattr(genotypes, "__getitem__"):
         stop = genotypes.shape[1] if stop is None else min(stop, genotypes.shape[1])
         for first in range(start, stop, chunk_size):
-            yield np.asarray(genotypes[:, first:min(first + chunk_size, stop)])
+            yield first, partial(_read_columns, genotypes, first, min(first + chunk_size, stop))
     else:
         if start or stop is not None:
             raise validate.InputError("start/stop need genotypes with column slicing, not an iterable of chunks")
-        yield from (np.asarray(chunk) for chunk in genotypes)
+        offset = 0
+        for chunk in map(np.asarray, genotypes):
+            yield offset, partial(np.asarray, chunk)
+            offset += chunk.shape[1] if chunk.ndim == 2 else 0
+
+
+def _read_columns(genotypes, first: int, stop: int) -> np.ndarray:
+    return np.asarray(genotypes[:, first:stop])
 
 
 def _impute(chunk: np.ndarray, max_missing: float, min_maf: float):
@@ -776,28 +791,62 @@ def _summary(chunk: np.ndarray, hwe_failed: np.ndarray, min_maf: float, max_miss
     return _Summary(n_miss, means, af, spread, status)
 
 
-SUMMARY_SPLIT_CELLS = 1 << 22  # chunks of at least this many genotypes are summarized in parts (see below)
+READ_AHEAD_MAX = 8  # chunks read and summarized ahead at most (host memory: a few chunks' worth per thread)
 
 
 def _summary_threads(platform: str) -> int:
-    """Threads summarizing a chunk's parts at once: one on a CPU, where the fits keep every core busy; the host's
-    cores when the fits run on an accelerator, where the host's work per chunk sets the pace (10,000 x 8192 int8:
-    0.12 s in one thread, ~15 s of host time for a million variants; 0.06 s in two parts on 2 cores)."""
-    return 1 if platform == "cpu" else max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                           else os.cpu_count() or 1)
+    """Threads reading and summarizing chunks ahead of the fits: none on a CPU, where the fits keep every core busy
+    (chunks are read in the scan's own thread); the host's cores when the fits run on an accelerator, where the
+    host's work per chunk sets the pace (10,000 x 8192 int8: 0.12 s for the summary alone in one thread, ~15 s of
+    host time per million variants; a PLINK chunk's decoding and transposition as much again)."""
+    if platform == "cpu":
+        return 0
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _summary_in_parts(chunk: np.ndarray, hwe_failed: np.ndarray, min_maf: float, max_missing: float,
-                      pool=None, parts: int = 1) -> _Summary:
-    """:func:`_summary` of a chunk, in ``parts`` column parts computed by ``pool`` (a thread pool, or None: at
-    once) when the chunk has :data:`SUMMARY_SPLIT_CELLS` genotypes or more: every field is per variant, and numpy's
-    reductions release the GIL."""
-    if pool is None or parts < 2 or chunk.size < SUMMARY_SPLIT_CELLS:
-        return _summary(chunk, hwe_failed, min_maf, max_missing)
-    edges = np.linspace(0, chunk.shape[1], parts + 1).astype(int)
-    parts = pool.map(lambda a, b: _summary(chunk[:, a:b], hwe_failed[a:b], min_maf, max_missing), edges[:-1],
-                     edges[1:])
-    return _Summary(*(np.concatenate(field) for field in zip(*parts)))
+class _Read(NamedTuple):
+    """A chunk as the scan fits it: (n, b) genotypes, their :class:`_Summary`, and the first variant's position."""
+
+    offset: int
+    chunk: np.ndarray
+    summary: _Summary
+
+
+def _read_and_summarized(offset: int, read: Callable[[], np.ndarray], prepared: PreparedScan,
+                         contiguous: bool) -> _Read:
+    """Read one chunk (see :func:`_chunk_reads`), check its shape, and summarize it (Hardy-Weinberg p-values
+    included when asked for); contiguous: in C order (a PLINK chunk is a transposed view), as a read ahead in
+    another thread should leave it."""
+    chunk = read()
+    if chunk.ndim != 2 or chunk.shape[0] != prepared.n:
+        raise validate.InputError(f"genotype chunk at variant {offset + 1} has shape {chunk.shape}, "
+                                  f"expected ({prepared.n}, b)")
+    chunk = np.ascontiguousarray(chunk) if contiguous else chunk
+    hwe_failed = np.zeros(chunk.shape[1], bool)
+    if prepared.min_hwe_p > 0:
+        from .hwe import hwe_exact_pvalues
+
+        hwe_failed = hwe_exact_pvalues(with_nan(chunk, float)) < prepared.min_hwe_p  # NaN never fails
+    return _Read(offset, chunk, _summary(chunk, hwe_failed, prepared.min_maf, prepared.max_missing))
+
+
+def _read_ahead(reads: Iterator, prepared: PreparedScan, pool, depth: int) -> Iterator[_Read]:
+    """:func:`_read_and_summarized` of every (offset, read) in order: in this thread without a pool, else up to
+    ``depth`` chunks ahead in the pool's threads (numpy's decoding, copies and reductions release the GIL)."""
+    if pool is None:
+        yield from (_read_and_summarized(offset, read, prepared, False) for offset, read in reads)
+        return
+    pending = collections.deque()
+    try:
+        for offset, read in reads:
+            pending.append(pool.submit(_read_and_summarized, offset, read, prepared, True))
+            if len(pending) >= depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
 
 
 class _Waiting:
@@ -842,16 +891,19 @@ def scan_chunks(prepared: PreparedScan, genotypes, start: int = 0, stop: int | N
 
     On CPU, :data:`CONCURRENT_CHUNKS_CPU` batches are fitted at once, each launched from its own thread: XLA:CPU runs
     the launches of one thread one after the other, and much of a chunk's fit is a chain of operations that each
-    keep one core busy (N = 500, 2 cores: 10.5 -> 9.8 ms per 512-variant chunk).
+    keep one core busy (N = 500, 2 cores: 10.5 -> 9.8 ms per 512-variant chunk). Chunks are read and summarized in
+    this thread between launches. On an accelerator the host's work sets the pace instead, so chunks are read
+    (e.g. decoded from a ``.bed``) and summarized ahead, several at once, by a pool of the host's cores
+    (:func:`_read_ahead`).
     """
     n, width = prepared.n, prepared.width
     waiting, batches, packing = collections.deque(), collections.deque(), []  # packing: (_Waiting, rows, columns)
-    offset, programs = start, {}
+    programs = {}
     concurrent = 1 if prepared.chunk_sharding is not None or jax.devices()[0].platform != "cpu" else \
         CONCURRENT_CHUNKS_CPU
     launcher = ThreadPoolExecutor(concurrent, thread_name_prefix="jaxlmm-chunk") if concurrent > 1 else None
     threads = _summary_threads(jax.devices()[0].platform)
-    summarizer = ThreadPoolExecutor(threads, thread_name_prefix="jaxlmm-summary") if threads > 1 else None
+    reader = ThreadPoolExecutor(threads, thread_name_prefix="jaxlmm-read") if threads else None
     _import_in_background("scipy.special")  # for _p_values; 0.15 s, while the first chunk is loaded and fitted
 
     def dispatch(parts, columns: np.ndarray, means: np.ndarray, excluded: np.ndarray) -> None:
@@ -902,18 +954,9 @@ def scan_chunks(prepared: PreparedScan, genotypes, start: int = 0, stop: int | N
         yield from completed()
 
     try:
-        for chunk in _column_chunks(genotypes, prepared.chunk_size, start, stop):
-            if chunk.ndim != 2 or chunk.shape[0] != n:
-                raise validate.InputError(f"genotype chunk at variant {offset + 1} has shape {chunk.shape}, "
-                                          f"expected ({n}, b)")
+        reads = _chunk_reads(genotypes, prepared.chunk_size, start, stop)
+        for offset, chunk, summary in _read_ahead(reads, prepared, reader, min(threads, READ_AHEAD_MAX)):
             b = chunk.shape[1]
-            hwe_failed = np.zeros(b, bool)
-            if prepared.min_hwe_p > 0:
-                from .hwe import hwe_exact_pvalues
-
-                hwe_failed = hwe_exact_pvalues(with_nan(chunk, float)) < prepared.min_hwe_p  # NaN never fails
-            summary = _summary_in_parts(chunk, hwe_failed, prepared.min_maf, prepared.max_missing, summarizer,
-                                        threads)
             fitted = np.flatnonzero(summary.status == 0)
             waiting.append(_Waiting(offset, b, summary, fitted.size if PACK_FILTERED else b))
             if not PACK_FILTERED:
@@ -922,7 +965,6 @@ def scan_chunks(prepared: PreparedScan, genotypes, start: int = 0, stop: int | N
                 packing.append((waiting[-1], fitted, chunk if fitted.size == b else chunk[:, fitted],
                                 summary.means[fitted]))
             dispatch_packed(final=False)
-            offset += b
             while len(batches) > concurrent:
                 yield from collect_oldest()
             yield from completed()  # e.g. nothing in it to fit
@@ -931,7 +973,7 @@ def scan_chunks(prepared: PreparedScan, genotypes, start: int = 0, stop: int | N
             yield from collect_oldest()
         yield from completed()  # chunks with no variant to fit
     finally:
-        for pool in (launcher, summarizer):
+        for pool in (launcher, reader):
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
 

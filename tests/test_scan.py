@@ -236,29 +236,34 @@ def test_packing_the_variants_that_pass_the_filters_changes_no_row(rng, monkeypa
             np.testing.assert_array_equal(values, other[key], err_msg=key)
 
 
-def test_summaries_in_parallel_parts_and_full_batches_change_no_row(rng, monkeypatch):
-    """Off the CPU a chunk's host summary runs in column parts on the host's cores, and a full batch goes to the
-    device with one copy and no padding: forced here (3 parts of chunks of 16 variants; chunks that pass the
-    filters whole fill a batch by themselves), every row equals the plain scan's; a batch never aliases the
-    caller's array (its fit may run after the caller reuses it)."""
+def test_chunks_read_ahead_and_full_batches_change_no_row(rng, monkeypatch, tmp_path):
+    """Off the CPU chunks are read and summarized ahead in a pool of the host's cores, and a full batch goes to
+    the device with one copy and no padding: forced here (3 threads, chunks of 16 variants; chunks that pass the
+    filters whole fill a batch by themselves), every row equals the plain scan's, for an array, an iterable of
+    chunks and a PLINK fileset; a bad chunk is still named; a batch never aliases the caller's array (its fit may
+    run after the caller reuses it)."""
     import importlib
+
+    from jaxlmm.io.plink import BedReader
+    from jaxlmm.validate import InputError
+    from test_plink_and_cli_scan import write_plink
 
     scan_module = importlib.import_module("jaxlmm.scan")
     Y, genotypes, covariates, K = simulated(rng, m=48)
     genotypes[:, 20] = 1.0  # monomorphic: its chunk is packed
     genotypes[:5, 40] = np.nan
     counts = np.where(np.isnan(genotypes), -1, genotypes).astype(np.int8)
+    prefix = str(tmp_path / "g")
+    write_plink(prefix, genotypes, Y[:, 0])
     plain = scan(Y[:, 0], counts, covariates, kinship=K, chunk_size=16).columns
     monkeypatch.setattr(scan_module, "_summary_threads", lambda platform: 3)
-    monkeypatch.setattr(scan_module, "SUMMARY_SPLIT_CELLS", 100)
-    parts = scan(Y[:, 0], counts, covariates, kinship=K, chunk_size=16).columns
-    for key, values in plain.items():
-        np.testing.assert_array_equal(parts[key], values, err_msg=key)
-    whole = scan_module._summary(counts, np.zeros(48, bool), 0.01, 0.05)
-    in_parts = scan_module._summary_in_parts(counts, np.zeros(48, bool), 0.01, 0.05,
-                                             scan_module.ThreadPoolExecutor(3), 3)
-    for got, want in zip(in_parts, whole):
-        np.testing.assert_array_equal(got, want)
+    for name, source in (("array", counts), ("chunks", (counts[:, a:a + 16] for a in range(0, 48, 16))),
+                         ("plink", BedReader(prefix))):
+        ahead = scan(Y[:, 0], source, covariates, kinship=K, chunk_size=16).columns
+        for key, values in plain.items():
+            np.testing.assert_array_equal(ahead[key], values, err_msg=f"{name}: {key}")
+    with pytest.raises(InputError, match="chunk at variant 17 has shape"):
+        scan(Y[:, 0], (counts[:, :16], counts[:5, 16:32]), covariates, kinship=K, chunk_size=16)
     columns = np.asfortranarray(counts[:, :16])
     raw, means, excluded = scan_module._batch_arguments(counts.shape[0], 16, np.int8, columns, np.ones(16),
                                                         np.zeros(16, bool))
