@@ -714,19 +714,21 @@ def preload_kinship_scan(n: int, covariates: int, phenotypes: int, rank: int, ge
                                       _fit_options(c, mode, max_iter, rotation_dtype, block)))
 
 
-def _batch_arguments(n: int, width: int, dtype, columns=None, means=None, excluded=None):
+def _batch_arguments(n: int, width: int, dtype, pieces=()):
     """The per-batch arguments of :func:`_fit_chunk`: (n, width) genotypes in their transfer type, (width,) means
-    and excluded flags; the given (n, k <= width) columns, k means and k excluded flags in front, the padding
-    excluded."""
-    if columns is not None and columns.shape[1] == width and columns.dtype == transfer_dtype(dtype):
-        # a full batch: one copy, no padding to fill (the fit may run after the caller reuses its arrays)
-        return np.array(columns, order="C"), np.array(means, np.float64), np.array(excluded, bool)
-    raw = np.zeros((n, width), transfer_dtype(dtype))  # widened on the device
-    padded_means, padded_excluded = np.zeros(width), np.ones(width, bool)
-    if columns is not None:
-        k = columns.shape[1]
-        raw[:, :k], padded_means[:k], padded_excluded[:k] = columns, means, excluded
-    return raw, padded_means, padded_excluded
+    and excluded flags. pieces: (columns (n, k), means (k,), excluded (k,)) each, at most width columns in all,
+    copied into the batch one after the other, once (the fit may run after the caller reuses its arrays); the
+    padding after them is excluded."""
+    raw = np.empty((n, width), transfer_dtype(dtype))  # widened on the device
+    means, excluded = np.zeros(width), np.ones(width, bool)
+    filled = 0
+    for piece_columns, piece_means, piece_excluded in pieces:
+        k = piece_columns.shape[1]
+        raw[:, filled:filled + k] = piece_columns
+        means[filled:filled + k], excluded[filled:filled + k] = piece_means, piece_excluded
+        filled += k
+    raw[:, filled:] = 0
+    return raw, means, excluded
 
 
 CONCURRENT_CHUNKS_CPU = 2  # chunk fits running at once on CPU (one thread each)
@@ -906,9 +908,10 @@ def scan_chunks(prepared: PreparedScan, genotypes, start: int = 0, stop: int | N
     reader = ThreadPoolExecutor(threads, thread_name_prefix="jaxlmm-read") if threads else None
     _import_in_background("scipy.special")  # for _p_values; 0.15 s, while the first chunk is loaded and fitted
 
-    def dispatch(parts, columns: np.ndarray, means: np.ndarray, excluded: np.ndarray) -> None:
-        """Send one batch, (n, k <= width) genotype columns (k means and excluded flags) padded to the width."""
-        arguments = _batch_arguments(n, width, columns.dtype, columns, means, excluded)
+    def dispatch(parts, pieces) -> None:
+        """Send one batch: pieces of (n, k) genotype columns with their k means and excluded flags, at most width
+        columns in all, padded to the width (see :func:`_batch_arguments`)."""
+        arguments = _batch_arguments(n, width, pieces[0][0].dtype, pieces)
         with jax.enable_x64(True):
             if prepared.chunk_sharding is not None:
                 by_variant, flags = prepared.chunk_sharding
@@ -935,11 +938,9 @@ def scan_chunks(prepared: PreparedScan, genotypes, start: int = 0, stop: int | N
                 if take < rows.size:
                     packing.insert(0, (chunk, rows[take:], columns[:, take:], means[take:]))
                 parts.append((chunk, _as_slice(rows[:take]), slice(filled, filled + take)))
-                pieces.append((columns[:, :take], means[:take]))
+                pieces.append((columns[:, :take], means[:take], False))
                 filled += take
-            columns, means = pieces[0] if len(pieces) == 1 else (np.concatenate(part, axis=-1)
-                                                                  for part in zip(*pieces))
-            dispatch(parts, columns, means, np.zeros(filled, bool))
+            dispatch(parts, pieces)
 
     def completed() -> Iterator[ScanChunk]:
         """The leading input chunks whose fitted variants are all back, in order."""
@@ -960,7 +961,7 @@ def scan_chunks(prepared: PreparedScan, genotypes, start: int = 0, stop: int | N
             fitted = np.flatnonzero(summary.status == 0)
             waiting.append(_Waiting(offset, b, summary, fitted.size if PACK_FILTERED else b))
             if not PACK_FILTERED:
-                dispatch([(waiting[-1], slice(0, b), slice(0, b))], chunk, summary.means, summary.status != 0)
+                dispatch([(waiting[-1], slice(0, b), slice(0, b))], [(chunk, summary.means, summary.status != 0)])
             elif fitted.size:
                 packing.append((waiting[-1], fitted, chunk if fitted.size == b else chunk[:, fitted],
                                 summary.means[fitted]))

@@ -238,7 +238,7 @@ def test_packing_the_variants_that_pass_the_filters_changes_no_row(rng, monkeypa
 
 def test_chunks_read_ahead_and_full_batches_change_no_row(rng, monkeypatch, tmp_path):
     """Off the CPU chunks are read and summarized ahead in a pool of the host's cores, and a full batch goes to
-    the device with one copy and no padding: forced here (3 threads, chunks of 16 variants; chunks that pass the
+    the device with one copy (its pieces written into it): forced here (3 threads, chunks of 16 variants; chunks that pass the
     filters whole fill a batch by themselves), every row equals the plain scan's, for an array, an iterable of
     chunks and a PLINK fileset; a bad chunk is still named; a batch never aliases the caller's array (its fit may
     run after the caller reuses it)."""
@@ -265,10 +265,15 @@ def test_chunks_read_ahead_and_full_batches_change_no_row(rng, monkeypatch, tmp_
     with pytest.raises(InputError, match="chunk at variant 17 has shape"):
         scan(Y[:, 0], (counts[:, :16], counts[:5, 16:32]), covariates, kinship=K, chunk_size=16)
     columns = np.asfortranarray(counts[:, :16])
-    raw, means, excluded = scan_module._batch_arguments(counts.shape[0], 16, np.int8, columns, np.ones(16),
-                                                        np.zeros(16, bool))
+    raw, means, excluded = scan_module._batch_arguments(counts.shape[0], 16, np.int8,
+                                                        [(columns, np.ones(16), np.zeros(16, bool))])
     assert raw.flags.c_contiguous and not np.shares_memory(raw, columns)
     np.testing.assert_array_equal(raw, columns)
+    raw, means, excluded = scan_module._batch_arguments(counts.shape[0], 16, np.int8, [
+        (counts[:, :6], np.arange(6.0), False), (counts[:, 30:35], np.arange(5.0), np.arange(5) == 2)])
+    np.testing.assert_array_equal(raw, np.c_[counts[:, :6], counts[:, 30:35], np.zeros((counts.shape[0], 5))])
+    np.testing.assert_array_equal(means, np.r_[np.arange(6.0), np.arange(5.0), np.zeros(5)])
+    np.testing.assert_array_equal(excluded, np.r_[np.zeros(6), np.arange(5) == 2, np.ones(5)].astype(bool))
 
 
 def test_host_summary_of_every_genotype_type_equals_masked_sums(rng):
