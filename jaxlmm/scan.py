@@ -809,7 +809,7 @@ def _summary(chunk: np.ndarray, hwe_failed: np.ndarray, min_maf: float, max_miss
 READ_AHEAD_MAX = 8  # chunks read and summarized ahead at most (host memory: a few chunks' worth per thread)
 
 
-def _summary_threads(platform: str) -> int:
+def _read_ahead_threads(platform: str) -> int:
     """Threads reading and summarizing chunks ahead of the fits: none on a CPU, where the fits keep every core busy
     (chunks are read in the scan's own thread); the host's cores when the fits run on an accelerator, where the
     host's work per chunk sets the pace (10,000 x 8192 int8: 0.12 s for the summary alone in one thread, ~15 s of
@@ -917,7 +917,7 @@ def scan_chunks(prepared: PreparedScan, genotypes, start: int = 0, stop: int | N
     concurrent = 1 if prepared.chunk_sharding is not None or jax.devices()[0].platform != "cpu" else \
         CONCURRENT_CHUNKS_CPU
     launcher = ThreadPoolExecutor(concurrent, thread_name_prefix="jaxlmm-chunk") if concurrent > 1 else None
-    threads = _summary_threads(jax.devices()[0].platform)
+    threads = _read_ahead_threads(jax.devices()[0].platform)
     reader = ThreadPoolExecutor(threads, thread_name_prefix="jaxlmm-read") if threads else None
     _import_in_background("scipy.special")  # for _p_values; 0.15 s, while the first chunk is loaded and fitted
 

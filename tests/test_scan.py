@@ -256,7 +256,7 @@ def test_chunks_read_ahead_and_full_batches_change_no_row(rng, monkeypatch, tmp_
     prefix = str(tmp_path / "g")
     write_plink(prefix, genotypes, Y[:, 0])
     plain = scan(Y[:, 0], counts, covariates, kinship=K, chunk_size=16).columns
-    monkeypatch.setattr(scan_module, "_summary_threads", lambda platform: 3)
+    monkeypatch.setattr(scan_module, "_read_ahead_threads", lambda platform: 3)
     for name, source in (("array", counts), ("chunks", (counts[:, a:a + 16] for a in range(0, 48, 16))),
                          ("plink", BedReader(prefix))):
         ahead = scan(Y[:, 0], source, covariates, kinship=K, chunk_size=16).columns
