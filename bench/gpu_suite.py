@@ -95,9 +95,10 @@ def split(y, kinship, pool_chunks, chunk_size, rotation_dtype, chunks: int) -> d
     totals = dict(transfer=0.0, rotation=0.0, optimization=0.0, output=0.0)
     with jax.enable_x64(True):
         for i in range(chunks + 1):  # the first round compiles and is not counted
-            host = pool_chunks[i % len(pool_chunks)]  # what the scan sends: the raw int8 chunk (imputed on device)
+            host = pool_chunks[i % len(pool_chunks)]  # the raw int8 chunk (imputed on device), as the scan sends it
             means = SCAN_MODULE._summary(host, np.zeros(host.shape[1], bool), 0.0, 1.0).means
-            (device, *flags), transfer = _blocked(jax.device_put, (host, means, np.zeros(host.shape[1], bool)))
+            batch = SCAN_MODULE._batch_arguments(host.shape[0], host.shape[1], host.dtype, [(host, means, False)])
+            (device, *flags), transfer = _blocked(jax.device_put, batch)
             _, rotation = _blocked(rotate, args["rotation_basis"], device)
             out, fitted = _blocked(fit, args["rotation_basis"], args["shared"], device, *flags)
             start = time.perf_counter()

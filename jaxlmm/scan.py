@@ -914,10 +914,10 @@ def scan_chunks(prepared: PreparedScan, genotypes, start: int = 0, stop: int | N
     n, width = prepared.n, prepared.width
     waiting, batches, packing = collections.deque(), collections.deque(), []  # packing: (_Waiting, rows, columns)
     programs = {}
-    concurrent = 1 if prepared.chunk_sharding is not None or jax.devices()[0].platform != "cpu" else \
-        CONCURRENT_CHUNKS_CPU
+    platform = jax.devices()[0].platform
+    concurrent = 1 if prepared.chunk_sharding is not None or platform != "cpu" else CONCURRENT_CHUNKS_CPU
     launcher = ThreadPoolExecutor(concurrent, thread_name_prefix="jaxlmm-chunk") if concurrent > 1 else None
-    threads = _read_ahead_threads(jax.devices()[0].platform)
+    threads = _read_ahead_threads(platform)
     reader = ThreadPoolExecutor(threads, thread_name_prefix="jaxlmm-read") if threads else None
     _import_in_background("scipy.special")  # for _p_values; 0.15 s, while the first chunk is loaded and fitted
 
