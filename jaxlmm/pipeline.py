@@ -204,7 +204,7 @@ def kinship_for(config: ScanConfig, inputs: Inputs) -> tuple[np.ndarray, str]:
         if matrix.shape[0] != n_all:
             raise InputError(f"{config.kinship}: {matrix.shape[0]} x {matrix.shape[0]} kinship, but the genotype "
                              f"file has {n_all} samples (a kinship covers all of them, in their order)")
-        matrix = validate.kinship(matrix, n_all, name=config.kinship, atol=1e-6, check_psd=False)
+        matrix = validate.kinship(matrix, n_all, name=config.kinship, atol=1e-6, check_psd=False, overwrite=True)
         return matrix, f"kinship: {config.kinship}"
     matrix, used = filtered_relatedness(inputs.genotypes, inputs.analyzed, config.min_maf, config.max_missing,
                                         standardize=config.gk == 2, variant_mask=inputs.kinship_variants)
@@ -304,15 +304,22 @@ def _null_line(label, null) -> str:
 
 
 def _random_effects(config, inputs, lines):
-    """chromosome (None for whole genome) -> keyword arguments of the random effect, built lazily per run."""
+    """chromosome (None for whole genome) -> keyword arguments of the random effect, built lazily per run.
+
+    A kinship is handed over to be decomposed in place (``overwrite_kinship``): on the analyzed samples, the
+    matrix read or computed here is not used again, so the scan makes no (n, n) copy of it (800 MB each at
+    n = 10,000) and this function keeps no reference to it."""
     square = np.ix_(inputs.analyzed, inputs.analyzed)
+    on_analyzed = (lambda matrix: matrix) if inputs.analyzed.all() else (lambda matrix: matrix[square])  # noqa: E731
     if config.groups is not None:
         lines.append(f"random effect: (1|{config.groups}), {len(set(inputs.groups))} levels")
         return lambda chromosome: {"groups": inputs.groups}
     if not config.loco:
         kinship, note = kinship_for(config, inputs)
         lines.append(note)
-        return lambda chromosome: {"kinship": kinship[square]}
+        held = [kinship]
+        del kinship
+        return lambda chromosome: {"kinship": on_analyzed(held.pop()), "overwrite_kinship": True}
     pieces = relatedness_by_chromosome(inputs.genotypes, inputs.analyzed, inputs.bim.chrom, config.min_maf,
                                        config.max_missing, standardize=config.gk == 2,
                                        variant_mask=inputs.kinship_variants)
@@ -322,7 +329,7 @@ def _random_effects(config, inputs, lines):
     def leave_out(chromosome):
         matrix, used = leave_one_out(pieces, chromosome)
         lines.append(f"chromosome {chromosome}: kinship from {used} variants on other chromosomes")
-        return {"kinship": matrix[square]}
+        return {"kinship": on_analyzed(matrix), "overwrite_kinship": True}
 
     return leave_out
 

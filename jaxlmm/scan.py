@@ -458,10 +458,11 @@ def _null_models(eigenvalues, cy_rot, cy_gram, n, trace_ratio, max_iter):
     return NullModel(**{k: np.asarray(v) for k, v in out.items()})
 
 
-def center(K: np.ndarray) -> np.ndarray:
-    """Double-centre a kinship: ``P K P`` with ``P = I - 11'/n`` (GEMMA's CenterMatrix)."""
-    K = K - K.mean(axis=0, keepdims=True)
-    return K - K.mean(axis=1, keepdims=True)
+def center(K: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Double-centre a kinship: ``P K P`` with ``P = I - 11'/n`` (GEMMA's CenterMatrix), into ``out`` (a new array
+    when None; K itself allowed: no (n, n) temporary then)."""
+    out = np.subtract(K, K.mean(axis=0, keepdims=True), out=out)
+    return np.subtract(out, out.mean(axis=1, keepdims=True), out=out)
 
 
 def _column_chunks(genotypes, chunk_size, start=0, stop=None) -> Iterable[np.ndarray]:
@@ -549,12 +550,14 @@ def prepare_scan(
     covariate_names=None,
     eigen_cache: str | None = None,
     min_hwe_p: float = 0.0,
+    overwrite_kinship: bool = False,
 ) -> PreparedScan:
     """Validate the model without variants, decompose its kernel and fit the null models (arguments as in
     :func:`scan`; covariate_names (c0,) name the covariate columns in messages; eigen_cache: a file prefix where
     the kinship's eigendecomposition is read from or written to, see :mod:`jaxlmm.io.eigen_cache`; min_hwe_p:
     variants whose Hardy-Weinberg exact p-value (:func:`jaxlmm.hwe.hwe_exact_pvalues`) is below it get status
-    "hwe")."""
+    "hwe"; overwrite_kinship: the kinship, a float64 array the caller does not use again, may be overwritten, which
+    saves the one (n, n) copy made otherwise (800 MB at n = 10,000), as scipy's ``overwrite_a``)."""
     if mode not in ("exact", "null"):
         raise validate.InputError(f"mode must be 'exact' or 'null', got {mode!r}")
     if int(chunk_size) < 1:
@@ -576,20 +579,14 @@ def prepare_scan(
     cov = validate.design(cov, n, names, what="covariates")
     if (kinship is None) == (groups is None):
         raise validate.InputError("give exactly one random effect: kinship= or groups=")
-    if kinship is not None:
-        K = validate.kinship(kinship, n, check_psd=False)  # tested on the eigenvalues of its decomposition
-        term = structure.kinship_term(center(K) if center_kinship else K)
-    else:
-        term = structure.group_term(validate.groups(groups, n, "groups"))
     with jax.enable_x64(True):
-        if eigen_cache is not None:
-            from .io.eigen_cache import cached_spectral_basis
-
-            basis = cached_spectral_basis(term, eigen_cache)
+        if kinship is not None:
+            basis, trace_ratio = _kinship_basis(kinship, n, center_kinship, eigen_cache, overwrite_kinship)
         else:
-            basis = structure.spectral_basis(term)
-        prepared = _prepare_validated(Y, cov, term, basis, mode, int(chunk_size), min_maf, max_missing, max_iter,
-                                      rotation_dtype)
+            term = structure.group_term(validate.groups(groups, n, "groups"))
+            basis, trace_ratio = structure.spectral_basis(term), structure.mean_kernel_diagonal(term)
+        prepared = _prepare_validated(Y, cov, trace_ratio, basis, mode, int(chunk_size), min_maf, max_missing,
+                                      max_iter, rotation_dtype)
     return prepared._replace(min_hwe_p=float(min_hwe_p))
 
 
@@ -674,21 +671,36 @@ def _device_placement(chunk_size: int, m: int):
     return by_variant, jax.sharding.NamedSharding(mesh, spec()), width, block
 
 
-def _prepare_validated(Y, cov, term, basis, mode, chunk_size, min_maf, max_missing, max_iter, rotation_dtype):
+def _kinship_basis(kinship, n: int, center_kinship: bool, eigen_cache, overwrite: bool):
+    """(eigenbasis, tr(K) / n) of the kinship the scan decomposes: symmetrized, centred when asked (GEMMA's
+    CenterMatrix), validated (its eigenvalues: :func:`jaxlmm.structure.decompose`). One (n, n) array is made, and
+    decomposed in place, or none with ``overwrite`` (see :func:`prepare_scan`)."""
+    K = validate.kinship(kinship, n, check_psd=False, overwrite=overwrite)  # a copy unless overwrite
+    if center_kinship:
+        center(K, out=K)
+    trace_ratio = float(np.trace(K) / n)
+    if eigen_cache is None:
+        return structure.decompose(K, "kinship", overwrite=True), trace_ratio
+    from .io.eigen_cache import cached_basis
+
+    return cached_basis(K, eigen_cache, "kinship", overwrite=True), trace_ratio
+
+
+def _prepare_validated(Y, cov, trace_ratio, basis, mode, chunk_size, min_maf, max_missing, max_iter, rotation_dtype):
     n, c = cov.shape
-    trace_ratio = structure.mean_kernel_diagonal(term)
+    eigenvalues = jax.device_put(structure.eigenvalues(basis))  # a host basis's too: kept programs are keyed by it
     cy = np.concatenate([np.broadcast_to(cov, (Y.shape[1], n, c)), Y.T[:, :, None]], axis=2)  # (P, n, c+1)
     cy_rot = structure.rotate_host(basis, cy.transpose(1, 0, 2).reshape(n, -1)).reshape(
         -1, Y.shape[1], c + 1).transpose(1, 0, 2)  # (P, m, c+1)
     cy_gram = np.einsum("pni,pnj->pij", cy, cy) - np.einsum("pmi,pmj->pij", cy_rot, cy_rot)
-    null = _null_models(structure.eigenvalues(basis), cy_rot, cy_gram, n, trace_ratio, max_iter)
+    null = _null_models(eigenvalues, cy_rot, cy_gram, n, trace_ratio, max_iter)
     shared = jax.device_put(_Shared(
-        eigenvalues=structure.eigenvalues(basis), cy_rows=np.concatenate([cov.T, Y.T]),
+        eigenvalues=eigenvalues, cy_rows=np.concatenate([cov.T, Y.T]),
         cy_rot_rows=np.concatenate([cy_rot[0, :, :c].T, cy_rot[:, :, c]]), cy_null_gram=cy_gram,
         null_log_lambda_remle=np.log(null.lambda_remle), null_log_lambda_mle=np.log(null.lambda_mle),
         null_logl_mle=null.logl_mle, trace_ratio=np.asarray(trace_ratio, np.float64),
     ))
-    chunk_sharding, replicated, width, block = _device_placement(chunk_size, int(structure.eigenvalues(basis).shape[0]))
+    chunk_sharding, replicated, width, block = _device_placement(chunk_size, int(eigenvalues.shape[0]))
     if replicated is not None:
         basis, shared = jax.device_put((basis, shared), replicated)
     rotation_basis = structure.for_rotation(basis, rotation_dtype)

@@ -116,7 +116,10 @@ def kernel(term: RandomTerm) -> np.ndarray:
 
 
 def _is_identity(Z: np.ndarray) -> bool:
-    return Z.shape[0] == Z.shape[1] and np.array_equal(Z, np.eye(Z.shape[0]))
+    """Whether Z is the (n, n) identity, with no (n, n) temporary (an ``np.eye`` to compare with is 800 MB at
+    n = 10,000)."""
+    n = Z.shape[0]
+    return Z.shape == (n, n) and np.count_nonzero(Z) == n and bool(np.all(np.diagonal(Z) == 1.0))
 
 
 def mean_kernel_diagonal(term: RandomTerm) -> float:
@@ -134,43 +137,80 @@ EIGH_ON_HOST_PLATFORMS = ("cpu",)
 
 
 def spectral_basis(term: RandomTerm):
-    """Eigenbasis of the term's kernel, in float64: closed form for a grouping factor, ``eigh`` otherwise.
-
-    The ``eigh`` runs where the basis will be used: numpy's on the host when JAX's default device is a CPU
-    (:data:`EIGH_ON_HOST_PLATFORMS`; 0.39 s at n = 1,410 against 0.7 s for ``jnp.linalg.eigh``), else on the
-    device (cuSOLVER on a GPU), where the basis goes anyway: numpy's took 7.3 s at n = 4,000 on 2 cores and grows
-    as n^3 (~110 s at n = 10,000), more than a whole GPU scan of a million variants should take."""
+    """Eigenbasis of the term's kernel, in float64, on JAX's default device: closed form for a grouping factor,
+    ``eigh`` otherwise (:func:`decompose`; the term's matrices are left as they are)."""
     if term.group_codes is not None:
         sizes = np.bincount(term.group_codes, minlength=len(term.levels)).astype(float)
         return GroupBasis(jnp.asarray(term.group_codes), jnp.asarray(sizes))
-    on_host = jax.default_backend() in EIGH_ON_HOST_PLATFORMS
+    basis = decompose(kernel(term), term.name)
+    with jax.enable_x64(True):  # numpy's put on the device as they are: no per-shape program, as jnp.asarray would
+        return EigenBasis(*jax.device_put(tuple(basis)))
+
+
+def decompose(matrix, name: str = "kernel", overwrite: bool = False) -> EigenBasis:
+    """Eigenbasis of a symmetric positive semi-definite (n, n) matrix in float64, keeping the eigenvalues above
+    :data:`EIGENVALUE_RTOL` of the largest (a negative one beyond rounding is an error naming ``name``).
+
+    The ``eigh`` runs where the basis will be used. When JAX's default device is a CPU
+    (:data:`EIGH_ON_HOST_PLATFORMS`), LAPACK's divide and conquer (``dsyevd``) runs on the host (0.39 s at
+    n = 1,410, against 0.7 s for ``jnp.linalg.eigh``) and the basis is returned as numpy arrays; with ``overwrite``
+    the matrix (the caller's own, not used again) may be decomposed in place (:func:`_host_eigh`), its memory then
+    holding the eigenvectors: no (n, n) copy (800 MB at n = 10,000). Elsewhere (GPUs) ``jnp.linalg.eigh`` runs on the device (cuSOLVER) and the basis stays there:
+    numpy's took 7.3 s at n = 4,000 on 2 cores and grows as n^3 (~110 s at n = 10,000), more than a whole GPU scan
+    of a million variants should take."""
     with jax.enable_x64(True):
-        matrix = np.asarray(kernel(term), np.float64)
-        values, vectors = np.linalg.eigh(matrix) if on_host else jnp.linalg.eigh(jax.device_put(matrix))
+        if jax.default_backend() in EIGH_ON_HOST_PLATFORMS:
+            values, vectors = _host_eigh(np.asarray(matrix, np.float64), overwrite)
+        else:
+            values, vectors = jnp.linalg.eigh(jax.device_put(np.asarray(matrix, np.float64)))
         host_values = np.asarray(values)
-        validate.positive_semidefinite(host_values, term.name)
+        validate.positive_semidefinite(host_values, name)
         # ascending eigenvalues: the kept ones are the last
         first = int(np.sum(host_values <= EIGENVALUE_RTOL * max(host_values.max(), 0.0)))
-        # numpy's put on the device as they are: no per-shape program, as jnp.asarray would compile
-        return EigenBasis(*jax.device_put((vectors[:, first:], host_values[first:])))
+        return EigenBasis(vectors[:, first:], values[first:])
+
+
+# Kernels of at least this many rows decomposed with overwrite are decomposed in place (scipy's LAPACK driver, with
+# overwrite_a): numpy's eigh holds a copy of its input and its own output besides LAPACK's workspace, 4 n^2
+# doubles (3.2 GB at n = 10,000) against 2 n^2, but importing scipy.linalg (0.35 s) would cost a small scan more
+# than the memory is worth.
+IN_PLACE_MIN_SIZE = 4000
+
+
+def _host_eigh(matrix: np.ndarray, overwrite: bool):
+    """(values, vectors) of a symmetric float64 matrix by LAPACK's divide and conquer (``dsyevd``): numpy's, or,
+    with ``overwrite`` and at least :data:`IN_PLACE_MIN_SIZE` rows, scipy's in place: a C-ordered matrix is handed
+    over as its transpose (the same symmetric matrix, in the Fortran order LAPACK works in), so its memory then
+    holds the eigenvectors, Fortran-ordered (their transpose, U', is row-major: what the scan rotates by)."""
+    if not (overwrite and matrix.flags.writeable and matrix.shape[0] >= IN_PLACE_MIN_SIZE):
+        return np.linalg.eigh(matrix)
+    from scipy.linalg import eigh
+
+    return eigh(matrix.T if matrix.flags.c_contiguous else matrix, overwrite_a=True, check_finite=False,
+                driver="evd")
 
 
 def for_rotation(basis, dtype):
     """The basis ready for rotating many matrices in ``dtype`` (e.g. a scan's genotype chunks): an
-    :class:`EigenBasis` becomes :class:`RotationRows`, made once, on the host for arrays on the CPU (a copy of
-    U in numpy, with U's sharding); a :class:`GroupBasis` keeps its form, its floats cast to dtype.
+    :class:`EigenBasis` becomes :class:`RotationRows`, made once, on the host for arrays on the CPU (U' from numpy,
+    copied only when it is not row-major in dtype already, then put on U's device); a :class:`GroupBasis` keeps its
+    form, its floats cast to dtype.
 
     XLA:CPU multiplies by a transposed operand, ``U.T @ A`` with U row-major, 20-25% slower than by row-major
     ``U'``: with 512 columns, 23.4 against 19.2 ms at n = 1410, 3.3 against 2.5 ms at n = 500."""
     if not isinstance(basis, EigenBasis):
         return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, basis)
     if _on_cpu(basis.vectors):
-        rows = np.asarray(basis.vectors).T.astype(dtype, order="C")
-        return RotationRows(*jax.device_put((rows, np.asarray(basis.values, dtype)), basis.vectors.sharding))
+        rows = np.ascontiguousarray(np.asarray(basis.vectors).T, dtype=dtype)
+        return RotationRows(*jax.device_put((rows, np.asarray(basis.values, dtype)),
+                                            getattr(basis.vectors, "sharding", None)))
     return RotationRows(jnp.transpose(basis.vectors).astype(dtype), basis.values.astype(dtype))
 
 
-def _on_cpu(array: jax.Array) -> bool:
+def _on_cpu(array) -> bool:
+    """Whether an array lies on the host: a numpy array, or a JAX array on CPU devices only."""
+    if isinstance(array, np.ndarray):
+        return True
     return all(device.platform == "cpu" for device in array.sharding.device_set)
 
 

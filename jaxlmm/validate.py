@@ -104,8 +104,15 @@ def groups(labels, n: int, name: str) -> np.ndarray:
     return labels
 
 
-def kinship(K, n: int, name: str = "kinship", atol: float = 1e-8, check_psd: bool = True) -> np.ndarray:
-    """A relationship matrix: finite, square (n, n), symmetric and positive semi-definite up to rounding.
+KINSHIP_BLOCK = 512  # rows and columns of the blocks the kinship checks run on: (512, 512) temporaries, never (n, n)
+
+
+def kinship(K, n: int, name: str = "kinship", atol: float = 1e-8, check_psd: bool = True,
+            overwrite: bool = False) -> np.ndarray:
+    """A relationship matrix: finite, square (n, n), symmetric and positive semi-definite up to rounding. Returns
+    ``(K + K') / 2``: a new array, or K itself symmetrized in place when ``overwrite`` (the caller's own copy, e.g.
+    a matrix just read from a file, which it does not use again). The checks and the symmetrization run on
+    :data:`KINSHIP_BLOCK`-sized blocks, so they need no (n, n) temporary: at n = 10,000 each one is 800 MB.
 
     check_psd=False skips the eigenvalue test for callers that decompose K anyway and test its eigenvalues there
     (:func:`positive_semidefinite`), saving a second O(n^3) decomposition."""
@@ -117,22 +124,31 @@ def kinship(K, n: int, name: str = "kinship", atol: float = 1e-8, check_psd: boo
         raise InputError(f"{name} must be a square matrix, got shape {K.shape}")
     if K.shape[0] != n:
         raise InputError(f"{name} is {K.shape[0]} x {K.shape[1]} but there are {n} observations")
-    if not np.isfinite(K).all():
-        i, j = np.argwhere(~np.isfinite(K))[0]
-        raise InputError(f"{name} has a missing or infinite entry at row {i + 1}, column {j + 1}")
-    scale = max(float(K.max()), -float(K.min()), 1.0)  # max |K|, at least 1, without an (n, n) temporary
-    asym = K - K.T  # the one (n, n) temporary of the check: at n = 1940 each costs ~15 ms, most of it page faults
-    np.abs(asym, out=asym)
-    if asym.max() > atol * scale:
-        i, j = np.unravel_index(np.argmax(asym), asym.shape)
-        raise InputError(
-            f"{name} is not symmetric: entry ({i + 1}, {j + 1}) is {K[i, j]!r} but ({j + 1}, {i + 1}) is {K[j, i]!r}"
-        )
-    K = np.add(K, K.T, out=asym)  # (K + K') / 2, in the temporary's memory
-    K *= 0.5
+    if overwrite and not K.flags.writeable:
+        overwrite = False
+    out = K if overwrite else np.empty_like(K, order="C")
+    scale, largest, at = 1.0, 0.0, None  # max |K| (at least 1); the largest |K_ij - K_ji| and (i, j, K_ij, K_ji)
+    for i in range(0, n, KINSHIP_BLOCK):
+        for j in range(i, n, KINSHIP_BLOCK):
+            upper, lower = K[i:i + KINSHIP_BLOCK, j:j + KINSHIP_BLOCK], K[j:j + KINSHIP_BLOCK, i:i + KINSHIP_BLOCK].T
+            if not (np.isfinite(upper).all() and np.isfinite(lower).all()):
+                r, c = np.argwhere(~np.isfinite(K))[0]  # the first in row order, as a whole-matrix search finds it
+                raise InputError(f"{name} has a missing or infinite entry at row {r + 1}, column {c + 1}")
+            scale = max(scale, float(np.abs(upper).max()), float(np.abs(lower).max()))
+            gap = np.abs(upper - lower)
+            k = np.unravel_index(np.argmax(gap), gap.shape)
+            if gap[k] > largest:
+                largest, at = float(gap[k]), (i + k[0], j + k[1], float(upper[k]), float(lower[k]))
+            mean = (upper + lower) * 0.5  # a new block: safe to write over K's own
+            out[i:i + KINSHIP_BLOCK, j:j + KINSHIP_BLOCK] = mean
+            out[j:j + KINSHIP_BLOCK, i:i + KINSHIP_BLOCK] = mean.T
+    if largest > atol * scale:
+        r, c, upper_value, lower_value = at
+        raise InputError(f"{name} is not symmetric: entry ({r + 1}, {c + 1}) is {upper_value!r} but "
+                         f"({c + 1}, {r + 1}) is {lower_value!r}")
     if check_psd:
-        positive_semidefinite(np.linalg.eigvalsh(K), name)
-    return K
+        positive_semidefinite(np.linalg.eigvalsh(out), name)
+    return out
 
 
 def positive_semidefinite(eigenvalues: np.ndarray, name: str) -> None:

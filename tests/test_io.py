@@ -273,3 +273,38 @@ def test_small_text_kinship_is_read_by_numpy_as_by_pandas(tmp_path, rng, monkeyp
         assert kinship_files._small_text_matrix(str(tmp_path / "bad.txt")) is None
         with pytest.raises(InputError, match=message):
             read_kinship(tmp_path / "bad.txt")
+
+
+@pytest.mark.parametrize("separator", ["\t", " "])
+def test_large_text_kinship_is_parsed_block_by_block(tmp_path, rng, monkeypatch, separator):
+    """Text kinships beyond NUMPY_TEXT_BYTES are parsed by pandas a block of rows at a time into one array: the
+    same matrix, bit for bit, whatever the block size (one row, a few, all), tab or space separated, plain or
+    gzipped; more rows than columns, a padded tab file and a ragged one are still told apart."""
+    from jaxlmm.io import kinship_files
+
+    W = rng.normal(size=(37, 50))
+    K = W @ W.T / 50
+    text = "\n".join(separator.join(f"{v:.10g}" for v in row) for row in K) + "\n"
+    (tmp_path / "k.txt").write_text(text)
+    with gzip.open(tmp_path / "k.txt.gz", "wt") as handle:
+        handle.write(text)
+    expected = np.array([[float(v) for v in line.split()] for line in text.splitlines()])
+    monkeypatch.setattr(kinship_files, "NUMPY_TEXT_BYTES", 0)
+    for values in (1, 37 * 5, 10**9):  # a row per block (at least one), five rows, everything at once
+        monkeypatch.setattr(kinship_files, "TEXT_BLOCK_VALUES", values)
+        for name in ("k.txt", "k.txt.gz"):
+            np.testing.assert_array_equal(read_kinship(tmp_path / name), expected)
+    monkeypatch.setattr(kinship_files, "TEXT_BLOCK_VALUES", 37 * 5)
+    (tmp_path / "tall.txt").write_text(text + text.splitlines()[0] + "\n")
+    with pytest.raises(InputError, match=r"must be square, got shape \(38, 37\)"):
+        read_kinship(tmp_path / "tall.txt")
+    (tmp_path / "short.txt").write_text("\n".join(text.splitlines()[:-1]) + "\n")
+    with pytest.raises(InputError, match=r"must be square, got shape \(36, 37\)"):
+        read_kinship(tmp_path / "short.txt")
+    padded = "\n".join(line + "\t" for line in text.replace(separator, "\t").splitlines()) + "\n"
+    (tmp_path / "padded.txt").write_text(padded)  # a trailing tab: an empty last field under "\t"
+    np.testing.assert_array_equal(read_kinship(tmp_path / "padded.txt"), expected)
+    lines = text.splitlines()
+    (tmp_path / "ragged.txt").write_text("\n".join(lines[:20] + [lines[20] + " 1"] + lines[21:]) + "\n")
+    with pytest.raises(InputError, match="row 21 has 38 values"):
+        read_kinship(tmp_path / "ragged.txt")

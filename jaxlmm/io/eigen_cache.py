@@ -11,23 +11,21 @@ import hashlib
 import json
 import os
 
-import jax.numpy as jnp
 import numpy as np
 
-from ..structure import EigenBasis, RandomTerm, kernel, spectral_basis
+from ..structure import EigenBasis, decompose
 from ..validate import InputError
 
 
-def kernel_key(term: RandomTerm) -> str:
-    matrix = np.ascontiguousarray(kernel(term), dtype=np.float64)
-    return hashlib.sha256(matrix.tobytes()).hexdigest()
+def kernel_key(matrix: np.ndarray) -> str:
+    """SHA-256 of a kernel's float64 bytes in row order."""
+    return hashlib.sha256(np.ascontiguousarray(matrix, dtype=np.float64).data).hexdigest()
 
 
-def cached_spectral_basis(term: RandomTerm, prefix: str):
-    """The term's eigenbasis from ``prefix`` when its key matches, else computed and written there."""
-    if term.group_codes is not None:
-        return spectral_basis(term)  # closed form, nothing to cache
-    key = kernel_key(term)
+def cached_basis(matrix: np.ndarray, prefix: str, name: str = "kinship", overwrite: bool = False) -> EigenBasis:
+    """The eigenbasis of a kernel matrix (n, n) (:func:`jaxlmm.structure.decompose`) from ``prefix`` when its key
+    matches, else computed (in place with ``overwrite``) and written there."""
+    key = kernel_key(matrix)  # before a decomposition in place
     meta_path = prefix + ".eigen.json"
     if os.path.exists(meta_path):
         try:
@@ -40,8 +38,8 @@ def cached_spectral_basis(term: RandomTerm, prefix: str):
         if meta.get("kernel_sha256") != key:
             raise InputError(f"{meta_path}: stale eigendecomposition (made from another kinship or other samples); "
                              "remove it or give another --eigen prefix")
-        return EigenBasis(jnp.asarray(vectors), jnp.asarray(values))
-    basis = spectral_basis(term)
+        return EigenBasis(vectors, values)  # on the host, as decompose's (mapped: read as they are used)
+    basis = decompose(matrix, name, overwrite)
     folder = os.path.dirname(os.path.abspath(prefix))
     try:
         os.makedirs(folder, exist_ok=True)

@@ -34,6 +34,10 @@ def read_kinship(path) -> np.ndarray:
 NUMPY_TEXT_BYTES = 8 << 20  # text kinships up to this size are read by numpy alone (see _read_text_matrix)
 
 
+TEXT_BLOCK_VALUES = 8 << 20  # numbers parsed at once from a large text kinship: 64 MB of float64 per block of rows
+FIRST_TEXT_ROWS = 64  # rows parsed first, which tell the number of columns
+
+
 def _read_text_matrix(path) -> np.ndarray:
     """Whitespace-separated rows (pandas' C tokenizer: ~10x a Python split); ragged rows are named. GEMMA's
     tab-separated files take the tokenizer's single-character path first (1940 x 1940: 0.26 s, against 0.45 s
@@ -47,12 +51,35 @@ def _read_text_matrix(path) -> np.ndarray:
 
     for separator in ("\t", r"\s+"):
         try:
-            matrix = pd.read_csv(path, sep=separator, header=None, dtype=np.float64, engine="c").to_numpy()
+            matrix = _parsed_by_blocks(pd, path, separator)
         except (ValueError, pd.errors.ParserError):
             continue
-        if separator == r"\s+" or (matrix.shape[0] == matrix.shape[1] and not np.isnan(matrix).any()):
+        if matrix is not None:
             return matrix
     return _split_text_matrix(path)
+
+
+def _parsed_by_blocks(pd, path, separator: str) -> np.ndarray | None:
+    """The matrix, parsed by pandas a block of rows at a time (:data:`TEXT_BLOCK_VALUES` numbers) into one array
+    made once: a whole-file parse holds every column's values and the matrix at once, twice the matrix (1.6 GB
+    at n = 10,000). None when tab-separated parsing leaves empty fields (padding: the whitespace parse then
+    decides)."""
+    with pd.read_csv(path, sep=separator, header=None, dtype=np.float64, engine="c", iterator=True) as reader:
+        block = reader.get_chunk(FIRST_TEXT_ROWS).to_numpy()
+        columns = block.shape[1]
+        matrix, extra, filled = np.empty((columns, columns)), [], 0  # square, as a kinship must be
+        while True:
+            if separator == "\t" and np.isnan(block).any():
+                return None
+            fits = min(block.shape[0], columns - filled)
+            matrix[filled:filled + fits] = block[:fits]
+            filled += fits
+            extra.append(block[fits:])  # rows beyond a square: kept only to report the shape
+            try:
+                block = reader.get_chunk(max(1, TEXT_BLOCK_VALUES // columns)).to_numpy()
+            except StopIteration:
+                break
+    return np.concatenate([matrix[:filled], *extra]) if filled < columns or sum(map(len, extra)) else matrix
 
 
 def _small_text_matrix(path) -> np.ndarray | None:
