@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -168,31 +169,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _enable_compilation_cache() -> str | None:
-    """Keep compiled programs between runs (the scan compiles for ~10 s): JAX's compilation cache, and the scan's
-    executables themselves (:mod:`jaxlmm.executables`). The CLI is its own process, so setting these here changes
-    nothing for library users. JAXLMM_CACHE_DIR overrides the place; empty disables. Returns the folder for the
-    executables (None: disabled)."""
-    import os
-
+    """Keep compiled programs between runs (the scan compiles for ~10 s): JAX's compilation cache, and, in
+    subfolders of the same folder, the scan's executables themselves and parsed text kinships (see :func:`main`).
+    The CLI is its own process, so setting these here changes nothing for library users. JAXLMM_CACHE_DIR overrides
+    the place; empty disables. Returns the folder (None: disabled)."""
     import jax
 
     directory = os.environ.get("JAXLMM_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "jaxlmm", "xla"))
     if not directory:
         return None
     jax.config.update("jax_compilation_cache_dir", directory)
-    return os.path.join(directory, "executables")  # whole programs too: no tracing in a warm run
+    return directory
 
 
 def main(argv=None) -> int:
     """The ``jaxlmm`` command. Called with argv=None (the installed command, ``python -m jaxlmm.cli``) it is its own
-    process and keeps JAX's compilation cache; called with a list (from Python, e.g. tests) it changes no JAX
-    setting of the calling program."""
+    process and keeps, in its cache folder (JAXLMM_CACHE_DIR), JAX's compiled programs, the scan's whole programs
+    (:mod:`jaxlmm.executables`: no tracing in a warm run) and the parsed matrices of text kinships
+    (:mod:`jaxlmm.io.kinship_files`); called with a list (from Python, e.g. tests) it changes no JAX setting of
+    the calling program and keeps nothing."""
     args = build_parser().parse_args(argv)
     from .executables import kept_in
+    from .io import kinship_files
 
-    executables = _enable_compilation_cache() if argv is None else None
+    cache = _enable_compilation_cache() if argv is None else None
     try:
-        with kept_in(executables):
+        with kept_in(None if cache is None else os.path.join(cache, "executables")), \
+                kinship_files.kept_in(None if cache is None else os.path.join(cache, "kinships")):
             return args.run(args)
     except InputError as err:
         print(f"jaxlmm {args.command}: error: {err}", file=sys.stderr)

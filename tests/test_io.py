@@ -308,3 +308,41 @@ def test_large_text_kinship_is_parsed_block_by_block(tmp_path, rng, monkeypatch,
     (tmp_path / "ragged.txt").write_text("\n".join(lines[:20] + [lines[20] + " 1"] + lines[21:]) + "\n")
     with pytest.raises(InputError, match="row 21 has 38 values"):
         read_kinship(tmp_path / "ragged.txt")
+
+
+def test_text_kinship_kept_parsed_while_the_file_is_unchanged(tmp_path, rng, monkeypatch):
+    """With a folder set (the command line's cache), a text kinship is parsed once per file version: later reads
+    load the kept matrix (bit for bit), a changed file is parsed again, a damaged kept file is replaced, at most
+    KEPT_KINSHIPS are kept, and without a folder nothing is written."""
+    import os
+
+    from jaxlmm.io import kinship_files
+
+    W = rng.normal(size=(12, 20))
+    write_kinship(tmp_path / "k.cXX.txt", W @ W.T / 20)
+    parsed = read_kinship(tmp_path / "k.cXX.txt")
+    assert not list(tmp_path.rglob("kinship-*.npy"))  # no folder: nothing kept
+    folder = tmp_path / "kept"
+    parse = kinship_files._read_text_matrix
+    calls = []
+    monkeypatch.setattr(kinship_files, "_read_text_matrix", lambda path: calls.append(path) or parse(path))
+    with kinship_files.kept_in(folder):
+        np.testing.assert_array_equal(read_kinship(tmp_path / "k.cXX.txt"), parsed)
+        np.testing.assert_array_equal(read_kinship(tmp_path / "k.cXX.txt"), parsed)
+        assert len(calls) == 1 and len(list(folder.glob("kinship-*.npy"))) == 1
+        write_kinship(tmp_path / "k.cXX.txt", 2.0 * parsed)  # a new version of the file
+        os.utime(tmp_path / "k.cXX.txt", ns=(1, 10**18))
+        changed = parse(str(tmp_path / "k.cXX.txt"))
+        np.testing.assert_array_equal(read_kinship(tmp_path / "k.cXX.txt"), changed)
+        assert len(calls) == 2
+        kept = max(folder.glob("kinship-*.npy"), key=lambda p: p.stat().st_mtime)
+        kept.write_bytes(b"not a matrix")
+        np.testing.assert_array_equal(read_kinship(tmp_path / "k.cXX.txt"), changed)
+        assert len(calls) == 3
+        np.testing.assert_array_equal(read_kinship(tmp_path / "k.cXX.txt"), changed)
+        assert len(calls) == 3
+        for i in range(kinship_files.KEPT_KINSHIPS + 1):
+            write_kinship(tmp_path / f"other{i}.txt", W[:, :12] @ W[:, :12].T + i)
+            read_kinship(tmp_path / f"other{i}.txt")
+        assert len(list(folder.glob("kinship-*.npy"))) == kinship_files.KEPT_KINSHIPS
+        assert not list(folder.glob("*.tmp"))
