@@ -155,9 +155,9 @@ def decompose(matrix, name: str = "kernel", overwrite: bool = False) -> EigenBas
     (:data:`EIGH_ON_HOST_PLATFORMS`), LAPACK's divide and conquer (``dsyevd``) runs on the host (0.39 s at
     n = 1,410, against 0.7 s for ``jnp.linalg.eigh``) and the basis is returned as numpy arrays; with ``overwrite``
     the matrix (the caller's own, not used again) may be decomposed in place (:func:`_host_eigh`), its memory then
-    holding the eigenvectors: no (n, n) copy (800 MB at n = 10,000). Elsewhere (GPUs) ``jnp.linalg.eigh`` runs on the device (cuSOLVER) and the basis stays there:
-    numpy's took 7.3 s at n = 4,000 on 2 cores and grows as n^3 (~110 s at n = 10,000), more than a whole GPU scan
-    of a million variants should take."""
+    holding the eigenvectors: no (n, n) copy (800 MB at n = 10,000). Elsewhere (GPUs) ``jnp.linalg.eigh`` runs on
+    the device (cuSOLVER) and the basis stays there: numpy's took 7.3 s at n = 4,000 on 2 cores and grows as n^3
+    (~90 s at n = 10,000), more than a whole GPU scan of a million variants should take."""
     with jax.enable_x64(True):
         if jax.default_backend() in EIGH_ON_HOST_PLATFORMS:
             values, vectors = _host_eigh(np.asarray(matrix, np.float64), overwrite)

@@ -152,12 +152,13 @@ def _parsed_by_blocks(pd, path, separator: str) -> np.ndarray | None:
             fits = min(block.shape[0], columns - filled)
             matrix[filled:filled + fits] = block[:fits]
             filled += fits
-            extra.append(block[fits:])  # rows beyond a square: kept only to report the shape
+            if fits < block.shape[0]:
+                extra.append(block[fits:])  # rows beyond a square: kept only to report the shape
             try:
                 block = reader.get_chunk(max(1, TEXT_BLOCK_VALUES // columns)).to_numpy()
             except StopIteration:
                 break
-    return np.concatenate([matrix[:filled], *extra]) if filled < columns or sum(map(len, extra)) else matrix
+    return np.concatenate([matrix[:filled], *extra]) if filled < columns or extra else matrix
 
 
 def _small_text_matrix(path) -> np.ndarray | None:
