@@ -319,7 +319,9 @@ def _random_effects(config, inputs, lines):
         lines.append(note)
         held = [kinship]
         del kinship
-        return lambda chromosome: {"kinship": on_analyzed(held.pop()), "overwrite_kinship": True}
+        # a kinship file was checked by kinship_for, with its own row numbers in messages
+        return lambda chromosome: {"kinship": on_analyzed(held.pop()), "overwrite_kinship": True,
+                                   "check_kinship": not config.kinship}
     pieces = relatedness_by_chromosome(inputs.genotypes, inputs.analyzed, inputs.bim.chrom, config.min_maf,
                                        config.max_missing, standardize=config.gk == 2,
                                        variant_mask=inputs.kinship_variants)

@@ -133,7 +133,8 @@ def kinship(K, n: int, name: str = "kinship", atol: float = 1e-8, check_psd: boo
             upper, lower = K[i:i + KINSHIP_BLOCK, j:j + KINSHIP_BLOCK], K[j:j + KINSHIP_BLOCK, i:i + KINSHIP_BLOCK].T
             if not (np.isfinite(upper).all() and np.isfinite(lower).all()):
                 r, c = np.argwhere(~np.isfinite(K))[0]  # the first in row order, as a whole-matrix search finds it
-                raise InputError(f"{name} has a missing or infinite entry at row {r + 1}, column {c + 1}")
+                raise InputError(f"{name} has a missing or infinite entry at row {r + 1}, column {c + 1} "
+                                 f"({float(K[r, c])!r})")
             scale = max(scale, float(np.abs(upper).max()), float(np.abs(lower).max()))
             gap = np.abs(upper - lower)
             k = np.unravel_index(np.argmax(gap), gap.shape)

@@ -122,8 +122,11 @@ def test_bad_kinships(toy, capsys, tmp_path):
     rng = np.random.default_rng(1)
     W = rng.normal(size=(N, 3 * N))
     good = W @ W.T / (3 * N)
+    with_nan = good.copy()
+    with_nan[3, 5] = np.nan
     cases = {
         "square.txt": (good[:, :-1], "must be square"),
+        "nan.txt": (with_nan, "missing or infinite entry at row 4, column 6 (nan)"),
         "small.txt": (good[:-1, :-1], "39 x 39 kinship, but the genotype file has 40 samples"),
         "asym.txt": (good + np.triu(np.full((N, N), 0.5), 1), "is not symmetric"),
         "negative.txt": (good - 2.0 * np.eye(N), "is not positive semi-definite"),

@@ -256,28 +256,33 @@ def test_scan_kinship_costs_at_most_one_copy(rng, monkeypatch):
     """prepare_scan leaves the caller's kinship as it was and makes one (n, n) copy of it, none with
     overwrite_kinship, besides LAPACK's workspace (2 n^2): peak host allocations (tracemalloc sees numpy's) of
     3.3 and 2.3 matrices (the scan used to hold ~8: validated, centred and identity copies, numpy's eigh input copy
-    and output); results identical either way."""
+    and output); results identical either way, and with check_kinship=False (a kinship the caller checked: no
+    second pass, only its size is checked)."""
     import tracemalloc
 
-    from jaxlmm import structure
+    from jaxlmm import InputError, structure
     from jaxlmm.scan import prepare_scan
 
     monkeypatch.setattr(structure, "IN_PLACE_MIN_SIZE", 400)  # as for n >= 4000
     Y, _, covariates, K = simulated(rng, n=400)
+    K = np.add(K, K.T) * 0.5  # symmetric bit for bit, as validate.kinship leaves it
     matrix = 400 * 400 * 8
     before = K.copy()
     prepare_scan(Y[:, 0], covariates, kinship=K)  # imports and compilations first, not counted
     peaks, nulls = [], []
-    for overwrite in (False, True):
+    for overwrite, check in ((False, True), (True, True), (True, False)):
         given = K.copy() if overwrite else K
         tracemalloc.start()
-        prepared = prepare_scan(Y[:, 0], covariates, kinship=given, overwrite_kinship=overwrite)
+        prepared = prepare_scan(Y[:, 0], covariates, kinship=given, overwrite_kinship=overwrite, check_kinship=check)
         peaks.append(tracemalloc.get_traced_memory()[1] / matrix)
         tracemalloc.stop()
         nulls.append(prepared.null)
     assert np.array_equal(K, before)
-    assert peaks[0] < 3.3 and peaks[1] < 2.3, peaks
-    assert all(np.array_equal(a, b) for a, b in zip(*nulls))
+    assert peaks[0] < 3.3 and peaks[1] < 2.3 and peaks[2] < 2.3, peaks
+    for other in nulls[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(nulls[0], other))
+    with pytest.raises(InputError, match="kinship is"):
+        prepare_scan(Y[:, 0], covariates, kinship=K[:-1, :-1], check_kinship=False)
 
 
 def test_int8_genotypes(rng):

@@ -37,8 +37,9 @@ def kept_in(folder):
 
 
 def read_kinship(path) -> np.ndarray:
-    """(n, n) float64 kinship from ``.npy`` or GEMMA text (kept parsed when a folder is set: :func:`kept_in`); shape
-    and values are checked later against the samples (:func:`jaxlmm.validate.kinship`)."""
+    """(n, n) float64 kinship from ``.npy`` or GEMMA text (kept parsed when a folder is set: :func:`kept_in`). Only
+    its shape is checked here; its size against the samples and its values (finite, symmetric) are checked by
+    :func:`jaxlmm.validate.kinship`, by blocks and without an (n, n) temporary."""
     path = str(path)
     kept = None if path.endswith(".npy") else _kept_path(path)
     try:
@@ -50,9 +51,8 @@ def read_kinship(path) -> np.ndarray:
         raise InputError(f"cannot read kinship {path}: {err}") from None
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise InputError(f"{path}: kinship must be square, got shape {matrix.shape}")
-    if not np.isfinite(matrix).all():
-        i, j = np.argwhere(~np.isfinite(matrix))[0]
-        raise InputError(f"{path}: kinship entry ({i + 1}, {j + 1}) is {matrix[i, j]}")
+    if matrix.dtype.kind not in "biuf":
+        raise InputError(f"{path}: kinship must hold numbers, got {matrix.dtype}")
     matrix = np.asarray(matrix, dtype=float)  # no copy of a float64 matrix just read
     if kept is not None and not loaded:  # none kept yet, or one that could not be read back: replaced
         _keep(kept, matrix)
