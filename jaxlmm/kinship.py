@@ -150,50 +150,115 @@ def _accumulate(genotypes, keep_of_chunk, standardize, chunk_size) -> tuple[np.n
     """Sum of the chunks' contributions Xc Xc' over the kept variants, read one chunk at a time."""
     n, m = genotypes.shape
     used = 0
+    total = np.zeros((n, n))  # added to in place: one (n, n) array besides a chunk's product
     with jax.enable_x64(True):
-        total = jnp.zeros((n, n))
         for start in range(0, m, chunk_size):
             chunk = _chunk_of(genotypes, start, chunk_size)
             keep = keep_of_chunk(start, chunk)
             if keep.any():
-                total = total + _contribution(chunk[:, keep], standardize)
+                np.add(total, np.asarray(_contribution(chunk[:, keep], standardize)), out=total)
                 used += int(keep.sum())
-        return np.asarray(total), used
+    return total, used
 
 
-def relatedness_by_chromosome(genotypes, analyzed, chromosomes, min_maf: float = 0.01, max_missing: float = 0.05,
-                              standardize: bool = False, chunk_size: int = 2048, variant_mask=None) -> dict:
-    """Per-chromosome pieces of the filtered relatedness, in one pass over the genotypes (for LOCO).
+LOCO_HELD_BYTES = 4 * 2**30  # per-chromosome sums held at once by LocoKinships (the default): 4 GiB
 
-    chromosomes: (M,) chromosome of each variant; variant_mask: (M,) bool or None as in
-    :func:`filtered_relatedness`. Returns chromosome -> (S_c (n, n), p_c) with S_c the sum of the
-    chromosome's passing variants' contributions Xc Xc' and p_c their count, so that the whole-genome kinship is
-    sum_c S_c / sum_c p_c and the leave-one-chromosome-out kinship of c is (sum S - S_c) / (sum p - p_c)
-    (:func:`leave_one_out`). Memory: one n x n float64 matrix per chromosome.
+
+def loco_held(n: int) -> int:
+    """How many (n, n) per-chromosome sums :class:`LocoKinships` holds at once by default (at least one)."""
+    return max(1, LOCO_HELD_BYTES // (8 * n * n))
+
+
+class LocoKinships:
+    """Leave-one-chromosome-out kinships from per-chromosome sums, as GEMMA's ``-gk`` of the other chromosomes.
+
+    With S_c the sum of chromosome c's contributions Xc Xc' over its variants passing :func:`passing_variants` (on
+    the analyzed samples, and variant_mask), p_c their count, S and p the sums over all chromosomes, the kinship
+    leaving out c is (S - S_c) / (p - p_c) (:meth:`leave_out`); S is built chunk by chunk as
+    :func:`filtered_relatedness` builds its sum, so S / p is that kinship bit for bit. The first pass over the genotypes builds S, the
+    counts, the filters' verdicts and the sums of the first chromosomes asked for; each S_c is held until it is
+    used, at most ``held`` of them (default: as many as fit in :data:`LOCO_HELD_BYTES`, all of them up to n =
+    ~5,000 with 22 chromosomes). A chromosome whose sum is not held gets it from another pass, over the variants
+    of it and of the next chromosomes (in order of appearance) only. Memory: S and at most ``held`` sums, (n, n)
+    float64 each, plus the kinship handed out; at n = 10,000 (800 MB a matrix) holding all 22 chromosomes' sums
+    would take 18 GB. The variants are multiplied twice in all (once into S, once into their chromosome's sum),
+    once more for a chromosome asked for again after its sum was used.
+
+    genotypes: (n, M) array-like with column slicing; analyzed: (n,) bool; chromosomes: (M,) names.
     """
-    analyzed = np.asarray(analyzed, dtype=bool)
-    chromosomes = np.asarray(chromosomes).astype(str)
-    n, m = genotypes.shape
-    mask = np.ones(m, bool) if variant_mask is None else np.asarray(variant_mask, bool)
-    pieces = {}
-    with jax.enable_x64(True):
-        for start in range(0, m, chunk_size):
-            chunk = _chunk_of(genotypes, start, chunk_size)
+
+    def __init__(self, genotypes, analyzed, chromosomes, min_maf: float = 0.01, max_missing: float = 0.05,
+                 standardize: bool = False, chunk_size: int = 2048, variant_mask=None, held: int | None = None,
+                 first=None):
+        n, m = genotypes.shape
+        self._genotypes, self._standardize, self._chunk_size = genotypes, standardize, chunk_size
+        self._chromosomes = np.asarray(chromosomes).astype(str)
+        self._order = list(dict.fromkeys(self._chromosomes.tolist()))  # in order of appearance
+        self.held = loco_held(n) if held is None else max(1, int(held))
+        self.passes = 0
+        analyzed = np.asarray(analyzed, dtype=bool)
+        mask = np.ones(m, bool) if variant_mask is None else np.asarray(variant_mask, bool)
+        self._kept = np.zeros(m, bool)  # passing the filters and the mask, found in the first pass
+
+        def keep_of_chunk(start, chunk):
             keep = passing_variants(chunk[analyzed], min_maf, max_missing) & mask[start:start + chunk.shape[1]]
-            chrom = chromosomes[start:start + chunk.shape[1]]
-            for c in dict.fromkeys(chrom):  # in order of appearance
-                columns = keep & (chrom == c)
-                total, used = pieces.get(c, (jnp.zeros((n, n)), 0))
-                if columns.any():
-                    total = total + _contribution(chunk[:, columns], standardize)
-                pieces[c] = (total, used + int(columns.sum()))
-    return {c: (np.asarray(total), used) for c, (total, used) in pieces.items()}
+            self._kept[start:start + chunk.shape[1]] = keep
+            return keep
 
+        self.whole = np.zeros((n, n))
+        self._sums = self._pass(self._batch(self._order[0] if first is None else str(first)), keep_of_chunk, self.whole)
+        self.used = {c: int(np.count_nonzero(self._kept & (self._chromosomes == c))) for c in self._order}
+        self.whole_used = sum(self.used.values())
+        if self.whole_used == 0:
+            raise InputError("no variant passes the kinship filters (min_maf, max_missing); cannot build a kinship")
 
-def leave_one_out(pieces: dict, chromosome) -> tuple[np.ndarray, int]:
-    """(K without ``chromosome`` (n, n), variants used) from :func:`relatedness_by_chromosome`'s pieces."""
-    used = sum(p for c, (_, p) in pieces.items() if c != chromosome)
-    if used == 0:
-        raise InputError(f"leaving out chromosome {chromosome} leaves no variant passing the kinship filters")
-    total = sum(S for c, (S, _) in pieces.items() if c != chromosome)
-    return total / used, used
+    def _batch(self, chromosome: str) -> list:
+        """The chromosomes whose sums the next pass builds: this one and the next ones in order of appearance."""
+        at = self._order.index(chromosome)
+        return (self._order[at:] + self._order[:at])[:self.held]
+
+    def _pass(self, batch: list, keep_of_chunk, whole=None) -> dict:
+        """One pass over the genotypes (all of them with ``whole``, which every kept variant is added to; else only
+        the stretch holding the batch's variants): the batch's chromosome sums S_c, added to in place."""
+        self.passes += 1
+        n, m = self._genotypes.shape
+        sums = {c: np.zeros((n, n)) for c in batch}
+        first, stop = 0, m
+        if whole is None:
+            on = np.flatnonzero(self._kept & np.isin(self._chromosomes, batch))
+            # chunks where the first pass had them: each sum then adds the same parts in the same order
+            first, stop = (int(on[0]) // self._chunk_size * self._chunk_size, int(on[-1]) + 1) if on.size else (0, 0)
+        with jax.enable_x64(True):
+            for start in range(first, stop, self._chunk_size):
+                chunk = _chunk_of(self._genotypes, start, min(self._chunk_size, stop - start))
+                keep = keep_of_chunk(start, chunk)
+                chromosomes = self._chromosomes[start:start + chunk.shape[1]]
+                present = list(dict.fromkeys(chromosomes[keep].tolist()))
+                if whole is not None and present:  # the chunk's product, as filtered_relatedness makes it
+                    everything = np.asarray(_contribution(chunk[:, keep], self._standardize))
+                    np.add(whole, everything, out=whole)
+                    if len(present) == 1:  # all its kept variants on one chromosome: that one's part too
+                        if present[0] in sums:
+                            np.add(sums[present[0]], everything, out=sums[present[0]])
+                        continue
+                    del everything  # before the parts' products
+                for c in present:
+                    if c in sums:
+                        part = np.asarray(_contribution(chunk[:, keep & (chromosomes == c)], self._standardize))
+                        np.add(sums[c], part, out=sums[c])
+        return sums
+
+    def leave_out(self, chromosome) -> tuple[np.ndarray, int]:
+        """(K without ``chromosome`` (n, n), a new array the caller owns; variants it is built from)."""
+        chromosome = str(chromosome)
+        used = self.whole_used - self.used.get(chromosome, 0)
+        if used == 0:
+            raise InputError(f"leaving out chromosome {chromosome} leaves no variant passing the kinship filters")
+        if chromosome not in self.used:  # no variant of it in the genotypes: every kept variant counts
+            return self.whole / used, used
+        if chromosome not in self._sums:
+            self._sums = self._pass(self._batch(chromosome),
+                                    lambda start, chunk: self._kept[start:start + chunk.shape[1]])
+        matrix = np.subtract(self.whole, self._sums.pop(chromosome))
+        matrix /= used
+        return matrix, used

@@ -3,8 +3,9 @@
 Estimate (bytes, float64 = 8 bytes), n_all samples in the genotype file, n analyzed, c covariates, B chunk size:
 
 * kinship: n_all^2 (the matrix read or built; symmetrized and centred in place) + n^2 when a subset of the
-  samples is analyzed (the analyzed submatrix); with LOCO one n_all^2 piece per chromosome plus the leave-one-out
-  sum;
+  samples is analyzed (the analyzed submatrix); with LOCO the whole-genome sum, the per-chromosome sums held at
+  once (all of them, or as many as fit in :data:`jaxlmm.kinship.LOCO_HELD_BYTES`) and the leave-one-out kinship,
+  n_all^2 each;
 * decomposition: LAPACK's workspace, 2 n^2, for a kinship of at least
   :data:`jaxlmm.structure.IN_PLACE_MIN_SIZE` samples, decomposed in place (its memory then holds the
   eigenvectors, and U' goes to the device when the workspace is gone); numpy's copy of its input and its output
@@ -27,9 +28,11 @@ RUNTIME_BYTES = 0.5 * GIB
 
 def peak_bytes(n_all: int, n: int, covariates: int, chunk: int, chromosomes: int = 0) -> dict:
     """Estimated bytes by part (see module docstring); chromosomes > 0 means LOCO pieces."""
+    from .kinship import loco_held
     from .structure import IN_PLACE_MIN_SIZE
 
-    kinship = 8.0 * (n_all**2 * (1 + chromosomes + (1 if chromosomes else 0)) + (n**2 if n < n_all else 0))
+    matrices = 2 + min(chromosomes, loco_held(n_all)) if chromosomes else 1
+    kinship = 8.0 * (n_all**2 * matrices + (n**2 if n < n_all else 0))
     decomposition = 8.0 * (2 if n >= IN_PLACE_MIN_SIZE else 4) * n**2
     chunks = 3 * (8.0 * 6 * n * chunk + 64.0 * chunk * (covariates + 3) ** 2)
     return {"runtime": RUNTIME_BYTES, "kinship": kinship, "decomposition": decomposition, "chunks": chunks}

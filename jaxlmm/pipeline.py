@@ -26,7 +26,7 @@ from .io.bimbam import BimbamReader
 from .io.kinship_files import read_kinship
 from .io.plink import BedReader, read_fam
 from .io.results import ResumableTable, count_rows, format_rows, genomic_inflation, read_table
-from .kinship import filtered_relatedness, leave_one_out, relatedness_by_chromosome
+from .kinship import LocoKinships, filtered_relatedness
 from .memory import check_memory
 from .scan import prepare_scan, preload_kinship_scan, scan_chunks
 from . import validate
@@ -303,12 +303,13 @@ def _null_line(label, null) -> str:
             f"ML logl {null.logl_mle[0]:.6g}")
 
 
-def _random_effects(config, inputs, lines):
+def _random_effects(config, inputs, lines, first_chromosome=None):
     """chromosome (None for whole genome) -> keyword arguments of the random effect, built lazily per run.
 
     A kinship is handed over to be decomposed in place (``overwrite_kinship``): on the analyzed samples, the
     matrix read or computed here is not used again, so the scan makes no (n, n) copy of it (800 MB each at
-    n = 10,000) and this function keeps no reference to it."""
+    n = 10,000) and this function keeps no reference to it. first_chromosome: with LOCO, the chromosome of the
+    first run, whose leave-one-out sum the first pass over the genotypes builds (:class:`LocoKinships`)."""
     square = np.ix_(inputs.analyzed, inputs.analyzed)
     on_analyzed = (lambda matrix: matrix) if inputs.analyzed.all() else (lambda matrix: matrix[square])  # noqa: E731
     if config.groups is not None:
@@ -322,15 +323,16 @@ def _random_effects(config, inputs, lines):
         # a kinship file was checked by kinship_for, with its own row numbers in messages
         return lambda chromosome: {"kinship": on_analyzed(held.pop()), "overwrite_kinship": True,
                                    "check_kinship": not config.kinship}
-    pieces = relatedness_by_chromosome(inputs.genotypes, inputs.analyzed, inputs.bim.chrom, config.min_maf,
-                                       config.max_missing, standardize=config.gk == 2,
-                                       variant_mask=inputs.kinship_variants)
-    lines.append(f"kinship: LOCO, -gk {config.gk} pieces of {len(pieces)} chromosomes from "
-                 f"{sum(p for _, p in pieces.values())} variants, one pass")
+    loco = LocoKinships(inputs.genotypes, inputs.analyzed, inputs.bim.chrom, config.min_maf, config.max_missing,
+                        standardize=config.gk == 2, variant_mask=inputs.kinship_variants, first=first_chromosome)
+    lines.append(f"kinship: LOCO, -gk {config.gk} sums of {len(loco.used)} chromosomes from {loco.whole_used} "
+                 f"variants, {loco.held} held at a time")
 
     def leave_out(chromosome):
-        matrix, used = leave_one_out(pieces, chromosome)
-        lines.append(f"chromosome {chromosome}: kinship from {used} variants on other chromosomes")
+        passes = loco.passes
+        matrix, used = loco.leave_out(chromosome)
+        again = " (another pass over the genotypes)" if loco.passes > passes else ""
+        lines.append(f"chromosome {chromosome}: kinship from {used} variants on other chromosomes{again}")
         return {"kinship": on_analyzed(matrix), "overwrite_kinship": True}
 
     return leave_out
@@ -361,8 +363,9 @@ def run_scan(config: ScanConfig, on_chunk: Callable[[int, int], None] | None = N
     if config.groups is None and m > 0 and table.resumed_from < stop - start:  # other formats (PLINK: loading already)
         _preload_programs(config, inputs.y.shape[0], inputs.covariates, 1 if inputs.y.ndim == 1 else inputs.y.shape[1],
                           rows[:, :1].dtype)
-    random_for = _random_effects(config, inputs, lines)
     begin, current, reported = start + table.resumed_from, None, table.resumed_from
+    first = next((run.chromosome for run in runs if max(run.start, begin) < min(run.stop, stop)), None)
+    random_for = _random_effects(config, inputs, lines, first)  # LOCO: the first chromosome's sum is built first
     tally = _Tally()  # statuses and p-values of the rows written by this run
     for run in runs:
         first, last = max(run.start, begin), min(run.stop, stop)

@@ -10,7 +10,7 @@ import pytest
 
 from jaxlmm.cli import main
 from jaxlmm.io.plink import BedReader
-from jaxlmm.kinship import filtered_relatedness, leave_one_out, relatedness_by_chromosome
+from jaxlmm.kinship import LocoKinships, filtered_relatedness
 from jaxlmm.scan import scan
 
 ROOT = Path(__file__).parent.parent
@@ -25,18 +25,41 @@ def _scan(capsys, *args):
     return captured.out
 
 
-def test_loco_pieces_sum_to_the_whole_kinship():
+def test_loco_sums_add_up_to_the_whole_kinship():
     reader = BedReader(DEMO)
     analyzed = ~np.isnan(reader.fam.phenotype)
-    whole, used = filtered_relatedness(reader, analyzed)
-    pieces = relatedness_by_chromosome(reader, analyzed, reader.bim.chrom, chunk_size=700)  # chunks span chromosomes
-    assert sum(p for _, p in pieces.values()) == used
-    np.testing.assert_allclose(sum(S for S, _ in pieces.values()) / used, whole, rtol=1e-12, atol=1e-12)
+    whole, used = filtered_relatedness(reader, analyzed, chunk_size=700)
+    loco = LocoKinships(reader, analyzed, reader.bim.chrom, chunk_size=700)  # chunks span chromosomes
+    assert loco.whole_used == used and loco.passes == 1 and loco.held >= len(loco.used)
+    np.testing.assert_array_equal(loco.whole / used, whole)
     on_1 = np.asarray(reader.bim.chrom) == "1"
     direct, direct_used = filtered_relatedness(reader, analyzed, variant_mask=~on_1)
-    loo, loo_used = leave_one_out(pieces, "1")
+    loo, loo_used = loco.leave_out("1")
     assert loo_used == direct_used
     np.testing.assert_allclose(loo, direct, rtol=1e-10, atol=1e-12)
+
+
+def test_loco_kinships_holding_fewer_sums_are_the_same():
+    """LocoKinships holding one chromosome's sum at a time (as at large n, where each is n^2 doubles) builds the
+    others in further passes over their variants only: every leave-one-out kinship is bit for bit the one built
+    with all sums held, in any order and asked for twice; a chromosome absent from the genotypes leaves all."""
+    reader = BedReader(DEMO)
+    analyzed = ~np.isnan(reader.fam.phenotype)
+    mask = np.random.default_rng(3).random(reader.shape[1]) < 0.8
+    options = dict(chunk_size=300, variant_mask=mask)
+    held = LocoKinships(reader, analyzed, reader.bim.chrom, **options)
+    chromosomes = list(held.used)
+    expected = {c: held.leave_out(c) for c in chromosomes}
+    assert held.passes == 1 and len(chromosomes) == 3
+    one = LocoKinships(reader, analyzed, reader.bim.chrom, held=1, first=chromosomes[1], **options)
+    for c in (chromosomes[1], chromosomes[0], chromosomes[2], chromosomes[0]):
+        matrix, used = one.leave_out(c)
+        assert used == expected[c][1]
+        np.testing.assert_array_equal(matrix, expected[c][0])
+    assert one.passes == 4
+    matrix, used = one.leave_out("X")
+    assert used == one.whole_used
+    np.testing.assert_array_equal(matrix, one.whole / used)
 
 
 def test_loco_scan_equals_scans_with_leave_one_out_kinships(capsys, tmp_path):
