@@ -258,7 +258,14 @@ def _null_derivatives(log_lambda, data, reml_lanes):
     return v, grad, curv
 
 
-@partial(jax.jit, static_argnames=("max_iter",))
+# XLA:CPU's newer fusion emitters compile the fits' float64 elementwise loops ~3x slower than its older ones (a
+# (499, 128) multiply: 80-90 against 25-36 us on one core), and the Newton steps are mostly such loops; with the
+# older ones a chunk fit is 6-10% faster (N = 500: 7.63 -> 7.20 ms, one core; mouse HS1940: 26.4 -> 23.7 ms) and
+# its results are bit for bit the same. Scoped to these programs; the option names a CPU setting only.
+SCAN_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+
+
+@partial(jax.jit, static_argnames=("max_iter",), compiler_options=SCAN_COMPILER_OPTIONS)
 def _null_fit(data: chunk_criteria.NullData, max_iter):
     """One phenotype's null model (no variant) in one compiled call: REML and ML optima of log lambda (grid, then
     Newton, as for variants), q at the REML optimum, both log-likelihoods, and the REML log-likelihood's second
@@ -333,7 +340,8 @@ def _device_impute(raw, means, excluded, dtype=jnp.float64):
     return jnp.where(excluded, filler, jnp.where(missing, means.astype(dtype), values))
 
 
-@partial(jax.jit, static_argnames=("c", "exact", "max_iter", "rotation_dtype", "block"))
+@partial(jax.jit, static_argnames=("c", "exact", "max_iter", "rotation_dtype", "block"),
+         compiler_options=SCAN_COMPILER_OPTIONS)
 def _fit_chunk(rotation_basis, shared: _Shared, raw, means, excluded, *, c, exact, max_iter, rotation_dtype, block):
     """raw: (n, B) genotypes (negative or NaN where missing), means and excluded: (B,) (see :func:`_device_impute`).
     Returns a (K, P, B) float64 array: the :data:`FIT_OUTPUTS` of every phenotype and variant of the batch, stacked
