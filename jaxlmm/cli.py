@@ -141,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--part", help="i/n: scan the i-th of n contiguous shares (join them with jaxlmm merge)")
     scan.add_argument("--hwe", type=float, help="Hardy-Weinberg exact test p-value filter (status hwe; default 0)")
     scan.add_argument("--loco", action="store_true", help="leave one chromosome out: each chromosome's variants "
-                      "with the kinship of all others (-gk of the other chromosomes; per-chromosome sums held at most 4 GiB at "
-                      "once, further passes over the genotypes beyond that)")
+                      "with the kinship of all others (-gk of the other chromosomes; per-chromosome sums held at "
+                      "most 4 GiB at once, further passes over the genotypes beyond that)")
     scan.add_argument("--keep", help="file of samples (FID IID) to analyze; others are left out")
     scan.add_argument("--remove", help="file of samples (FID IID) to leave out")
     scan.add_argument("--snps", help="file of variant IDs to test (first field per line)")

@@ -175,14 +175,16 @@ class LocoKinships:
     With S_c the sum of chromosome c's contributions Xc Xc' over its variants passing :func:`passing_variants` (on
     the analyzed samples, and variant_mask), p_c their count, S and p the sums over all chromosomes, the kinship
     leaving out c is (S - S_c) / (p - p_c) (:meth:`leave_out`); S is built chunk by chunk as
-    :func:`filtered_relatedness` builds its sum, so S / p is that kinship bit for bit. The first pass over the genotypes builds S, the
-    counts, the filters' verdicts and the sums of the first chromosomes asked for; each S_c is held until it is
+    :func:`filtered_relatedness` builds its sum, so S / p is that kinship bit for bit.
+
+    The first pass over the genotypes builds S, the counts, the filters' verdicts and the sums of the first
+    chromosomes asked for (``first`` and those after it, in order of appearance); each S_c is held until it is
     used, at most ``held`` of them (default: as many as fit in :data:`LOCO_HELD_BYTES`, all of them up to n =
     ~5,000 with 22 chromosomes). A chromosome whose sum is not held gets it from another pass, over the variants
-    of it and of the next chromosomes (in order of appearance) only. Memory: S and at most ``held`` sums, (n, n)
-    float64 each, plus the kinship handed out; at n = 10,000 (800 MB a matrix) holding all 22 chromosomes' sums
-    would take 18 GB. The variants are multiplied twice in all (once into S, once into their chromosome's sum),
-    once more for a chromosome asked for again after its sum was used.
+    of it and of the next chromosomes not held only. Memory: S and at most ``held`` sums, (n, n) float64 each,
+    plus the kinship handed out; at n = 10,000 (800 MB a matrix) holding all 22 chromosomes' sums would take
+    18 GB. Asked for in order of appearance, every variant is multiplied twice (into S and into its chromosome's
+    sum); a chromosome asked for again after its sum was used costs another pass.
 
     genotypes: (n, M) array-like with column slicing; analyzed: (n,) bool; chromosomes: (M,) names.
     """
@@ -206,16 +208,22 @@ class LocoKinships:
             return keep
 
         self.whole = np.zeros((n, n))
-        self._sums = self._pass(self._batch(self._order[0] if first is None else str(first)), keep_of_chunk, self.whole)
+        self._sums = {}
+        self._sums = self._pass(self._batch(self._order[0] if first is None else str(first)), keep_of_chunk,
+                                self.whole)
         self.used = {c: int(np.count_nonzero(self._kept & (self._chromosomes == c))) for c in self._order}
         self.whole_used = sum(self.used.values())
         if self.whole_used == 0:
             raise InputError("no variant passes the kinship filters (min_maf, max_missing); cannot build a kinship")
 
     def _batch(self, chromosome: str) -> list:
-        """The chromosomes whose sums the next pass builds: this one and the next ones in order of appearance."""
+        """The chromosomes whose sums the next pass builds: this one and the next ones in order of appearance that
+        are not held, as many as there is room for (all held sums are dropped when there is none)."""
+        if len(self._sums) >= self.held:
+            self._sums.clear()
         at = self._order.index(chromosome)
-        return (self._order[at:] + self._order[:at])[:self.held]
+        after = [c for c in self._order[at:] + self._order[:at] if c not in self._sums]
+        return after[:self.held - len(self._sums)]
 
     def _pass(self, batch: list, keep_of_chunk, whole=None) -> dict:
         """One pass over the genotypes (all of them with ``whole``, which every kept variant is added to; else only
@@ -257,8 +265,8 @@ class LocoKinships:
         if chromosome not in self.used:  # no variant of it in the genotypes: every kept variant counts
             return self.whole / used, used
         if chromosome not in self._sums:
-            self._sums = self._pass(self._batch(chromosome),
-                                    lambda start, chunk: self._kept[start:start + chunk.shape[1]])
+            self._sums.update(self._pass(self._batch(chromosome),
+                                         lambda start, chunk: self._kept[start:start + chunk.shape[1]]))
         matrix = np.subtract(self.whole, self._sums.pop(chromosome))
         matrix /= used
         return matrix, used

@@ -57,6 +57,10 @@ def test_loco_kinships_holding_fewer_sums_are_the_same():
         assert used == expected[c][1]
         np.testing.assert_array_equal(matrix, expected[c][0])
     assert one.passes == 4
+    two = LocoKinships(reader, analyzed, reader.bim.chrom, held=2, **options)  # the first pass holds 1 and 2
+    for c in (chromosomes[0], chromosomes[2], chromosomes[1]):  # 3 gets its own pass, 2 is kept meanwhile
+        np.testing.assert_array_equal(two.leave_out(c)[0], expected[c][0])
+    assert two.passes == 2
     matrix, used = one.leave_out("X")
     assert used == one.whole_used
     np.testing.assert_array_equal(matrix, one.whole / used)
