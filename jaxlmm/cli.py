@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--kinship", help="n x n kinship (.npy or GEMMA text); computed (--gk) when absent")
     scan.add_argument("--groups", help="column of the covariate/phenotype table fitted as (1|groups) instead")
     scan.add_argument("--mode", choices=("exact", "null"), help="per-variant REML/ML (default) or null lambda")
-    scan.add_argument("--chunk", type=int, help="variants per batch (default 512)")
+    scan.add_argument("--chunk", type=int,
+                      help="variants per batch (default: 2^21 / analyzed samples as a power of two, 512 to 4096)")
     scan.add_argument("--min-maf", type=float, help="minor allele frequency filter (default 0.01)")
     scan.add_argument("--max-missing", type=float, help="missing-call fraction filter (default 0.05)")
     scan.add_argument("--max-iter", type=int, help="Newton iterations per variant (default 30)")

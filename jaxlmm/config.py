@@ -50,7 +50,7 @@ class ScanConfig(NamedTuple):
     gk: int = 1
     mode: str = "exact"
     out: str | None = None
-    chunk: int = 512
+    chunk: int | None = None  # None: from the analyzed samples (jaxlmm.scan.default_chunk_size)
     min_maf: float = 0.01
     max_missing: float = 0.05
     max_iter: int = 30
@@ -147,7 +147,7 @@ def _consistent(config: ScanConfig) -> ScanConfig:
         raise InputError("give either a kinship or a groups column for the random effect, not both")
     if config.out is None:
         raise InputError("no output prefix: give --out PREFIX (or out = \"...\" in the config)")
-    if config.chunk < 1:
+    if config.chunk is not None and config.chunk < 1:
         raise InputError(f"chunk must be a positive number of variants, got {config.chunk}")
     if not 0 <= config.min_maf < 0.5:
         raise InputError(f"min_maf must be in [0, 0.5), got {config.min_maf}")

@@ -28,7 +28,7 @@ from .io.plink import BedReader, read_fam
 from .io.results import ResumableTable, count_rows, format_rows, genomic_inflation, read_table
 from .kinship import LocoKinships, filtered_relatedness
 from .memory import check_memory
-from .scan import prepare_scan, preload_kinship_scan, scan_chunks
+from .scan import default_chunk_size, prepare_scan, preload_kinship_scan, scan_chunks
 from . import validate
 from .validate import InputError
 
@@ -348,6 +348,8 @@ def run_scan(config: ScanConfig, on_chunk: Callable[[int, int], None] | None = N
     if config.groups is None and config.bfile is not None:  # loading starts before the .bim is read (int8 chunks)
         early = lambda n, covariates: _preload_programs(config, n, covariates, 1, np.int8)  # noqa: E731
     inputs = read_inputs(config, samples_known=early)
+    if config.chunk is None:  # as prepare_scan and the preload above choose it
+        config = config._replace(chunk=default_chunk_size(int(inputs.analyzed.sum())))
     lines = [f"jaxlmm scan: {_describe(config)}", *inputs.notes]
     rows = ScannedGenotypes(inputs.genotypes, inputs.analyzed, inputs.tested)
     bim = scanned_bim(inputs)
