@@ -44,7 +44,7 @@ from common import (ROOT, Measured, Row, format_differences, load_average, p_val
 from jaxlmm.io.plink import BedReader  # noqa: E402
 from jaxlmm.kinship import passing_variants, relatedness  # noqa: E402
 from jaxlmm.pvalues import f1_sf  # noqa: E402
-from jaxlmm.scan import center, scan  # noqa: E402
+from jaxlmm.scan import center, default_chunk_size, scan  # noqa: E402
 
 MOUSE = ROOT / "tests" / "fixtures" / "gemma" / "mouse_hs1940"
 JAMMA_DEFAULT = ROOT / "bench" / ".venv-jamma" / "bin" / "jamma"
@@ -169,6 +169,7 @@ def plink_section(name, bfile, peers, rows, agreement, chunk_size, skip, repeat=
     reader = BedReader(bfile)
     analyzed = ~np.isnan(reader.fam.phenotype)
     m = reader.shape[1]
+    chunk_size = chunk_size or default_chunk_size(int(analyzed.sum()))  # the CLI's, unless one is given
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         kinship = _kinship_rows(name, bfile, reader, analyzed, peers, workdir, rows)
@@ -191,8 +192,9 @@ def groups_section(rows, agreement, wanted, n, families, m, lme4_variants, stats
     name = f"groups N={n} F={families}"
     y, genotypes, family = simulate_groups(n, families, m)
     with jax.enable_x64(True):
-        scan(y, genotypes[:, :512], groups=family, chunk_size=512)  # compile
-        result, measured = timed_call(scan, y, genotypes, groups=family, chunk_size=512)
+        chunk_size = default_chunk_size(n)
+        scan(y, genotypes[:, :chunk_size], groups=family)  # compile
+        result, measured = timed_call(scan, y, genotypes, groups=family)
     rows.append(Row(name, "jaxlmm (in process)", "(1|family) scan", m, measured, "library call, compile excluded"))
     ours = result.columns
     df = n - 2
@@ -226,7 +228,9 @@ def main() -> None:
     parser.add_argument("--skip", default="",
                         help="sections to skip: mouse, sim, groups, floor, cli (whole-process scans, peers' -lmm)")
     parser.add_argument("--peers", default="gemma,jamma,lme4,statsmodels", help="peers to run ('none': jaxlmm only)")
-    parser.add_argument("--chunk", type=int, default=512, help="jaxlmm chunk size (in-process scans and floor)")
+    parser.add_argument("--chunk", type=int, default=None,
+                        help="jaxlmm chunk size of the in-process scans and the floor (default: the CLI's, "
+                             "jaxlmm.scan.default_chunk_size)")
     parser.add_argument("--groups", default="2000x100x20000", help="grouping-factor scan N x families x M")
     parser.add_argument("--lme4-variants", type=int, default=20)
     parser.add_argument("--statsmodels-variants", type=int, default=5)
