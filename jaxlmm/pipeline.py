@@ -366,8 +366,8 @@ def run_scan(config: ScanConfig, on_chunk: Callable[[int, int], None] | None = N
         _preload_programs(config, inputs.y.shape[0], inputs.covariates, 1 if inputs.y.ndim == 1 else inputs.y.shape[1],
                           rows[:, :1].dtype)
     begin, current, reported = start + table.resumed_from, None, table.resumed_from
-    first = next((run.chromosome for run in runs if max(run.start, begin) < min(run.stop, stop)), None)
-    random_for = _random_effects(config, inputs, lines, first)  # LOCO: the first chromosome's sum is built first
+    first_chromosome = next((run.chromosome for run in runs if max(run.start, begin) < min(run.stop, stop)), None)
+    random_for = _random_effects(config, inputs, lines, first_chromosome)  # LOCO: its sum is built first
     tally = _Tally()  # statuses and p-values of the rows written by this run
     for run in runs:
         first, last = max(run.start, begin), min(run.stop, stop)

@@ -704,13 +704,7 @@ def _kinship_basis(kinship, n: int, center_kinship: bool, eigen_cache, overwrite
     CenterMatrix), validated (its eigenvalues: :func:`jaxlmm.structure.decompose`). One (n, n) array is made, and
     decomposed in place, or none with ``overwrite`` (see :func:`prepare_scan`); check=False: the kinship is known
     finite and symmetric, only its size is checked."""
-    if check:
-        K = validate.kinship(kinship, n, check_psd=False, overwrite=overwrite)  # a copy unless overwrite
-    else:
-        K = np.asarray(kinship, dtype=float)
-        if K.shape != (n, n):
-            raise validate.InputError(f"kinship is {K.shape} but there are {n} observations")
-        K = K if overwrite and K.flags.writeable and K.flags.c_contiguous else np.array(K, order="C")
+    K = validate.kinship(kinship, n, check_psd=False, overwrite=overwrite, check_values=check)  # a copy, or its own
     if center_kinship:
         center(K, out=K)
     trace_ratio = float(np.trace(K) / n)

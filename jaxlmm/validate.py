@@ -108,14 +108,16 @@ KINSHIP_BLOCK = 512  # rows and columns of the blocks the kinship checks run on:
 
 
 def kinship(K, n: int, name: str = "kinship", atol: float = 1e-8, check_psd: bool = True,
-            overwrite: bool = False) -> np.ndarray:
+            overwrite: bool = False, check_values: bool = True) -> np.ndarray:
     """A relationship matrix: finite, square (n, n), symmetric and positive semi-definite up to rounding. Returns
     ``(K + K') / 2``: a new array, or K itself symmetrized in place when ``overwrite`` (the caller's own copy, e.g.
     a matrix just read from a file, which it does not use again). The checks and the symmetrization run on
     :data:`KINSHIP_BLOCK`-sized blocks, so they need no (n, n) temporary: at n = 10,000 each one is 800 MB.
 
     check_psd=False skips the eigenvalue test for callers that decompose K anyway and test its eigenvalues there
-    (:func:`positive_semidefinite`), saving a second O(n^3) decomposition."""
+    (:func:`positive_semidefinite`), saving a second O(n^3) decomposition. check_values=False: K is known finite
+    and symmetric (checked before), only its shape is checked, and K is returned as it is (with ``overwrite``, in
+    C order) or as a C-ordered copy."""
     try:
         K = np.asarray(K, dtype=float)
     except (TypeError, ValueError) as err:
@@ -126,6 +128,8 @@ def kinship(K, n: int, name: str = "kinship", atol: float = 1e-8, check_psd: boo
         raise InputError(f"{name} is {K.shape[0]} x {K.shape[1]} but there are {n} observations")
     if overwrite and not K.flags.writeable:
         overwrite = False
+    if not check_values:
+        return K if overwrite and K.flags.c_contiguous else np.array(K, order="C")
     out = K if overwrite else np.empty_like(K, order="C")
     scale, largest, at = 1.0, 0.0, None  # max |K| (at least 1); the largest |K_ij - K_ji| and (i, j, K_ij, K_ji)
     for i in range(0, n, KINSHIP_BLOCK):
