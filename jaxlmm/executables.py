@@ -28,12 +28,13 @@ import functools
 import hashlib
 import os
 import pickle
-import tempfile
 import threading
 from concurrent.futures import Future
 from pathlib import Path
 
 import jax
+
+from .io.kept_files import keep_recent, write_whole
 
 KEPT_PER_PROGRAM = 16
 _FOLDER: contextvars.ContextVar = contextvars.ContextVar("jaxlmm_executables", default=None)
@@ -92,10 +93,8 @@ def compiled(jitted, name: str, args: tuple, static: dict):
         reloaded = serialize_executable.deserialize_and_load(*payload)
         if _same(reloaded(*args), executable(*args)):
             path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile("wb", dir=path.parent, delete=False, suffix=".tmp") as handle:
-                pickle.dump(payload, handle)
-            os.replace(handle.name, path)
-            _evict(path.parent, name)
+            write_whole(path, lambda handle: pickle.dump(payload, handle))
+            keep_recent(path.parent, f"{name}-*.pickle", KEPT_PER_PROGRAM)
     except Exception:  # noqa: BLE001  keeping it is an optimization; the run goes on without
         pass
     return executable
@@ -116,19 +115,6 @@ def _loaded(path: Path):
         return loaded
     except Exception:  # noqa: BLE001
         return None
-
-
-def _evict(folder: Path, name: str) -> None:
-    """Remove all but the :data:`KEPT_PER_PROGRAM` most recently used executables of program ``name``."""
-    def last_use(path):
-        try:
-            return path.stat().st_mtime
-        except OSError:  # removed meanwhile by another process
-            return 0.0
-
-    kept = sorted(folder.glob(f"{name}-*.pickle"), key=last_use, reverse=True)
-    for path in kept[KEPT_PER_PROGRAM:]:
-        path.unlink(missing_ok=True)
 
 
 def _compiled_afresh(lowered):

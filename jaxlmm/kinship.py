@@ -136,14 +136,24 @@ def filtered_relatedness(genotypes, analyzed, min_maf: float = 0.01, max_missing
     """GEMMA's ``-gk`` in one pass: variants pass :func:`passing_variants` on the analyzed samples' genotypes
     (analyzed: (n,) bool) and variant_mask ((M,) bool, e.g. from ``--ksnps``; all when None), and the relatedness
     of all n samples is built from those. Returns (K (n, n), variants used)."""
+    total, used = _accumulate(genotypes, _kinship_filter(genotypes, analyzed, min_maf, max_missing, variant_mask),
+                              standardize, chunk_size)
+    _check_used(used)
+    return total / used, used
+
+
+def _kinship_filter(genotypes, analyzed, min_maf: float, max_missing: float, variant_mask):
+    """keep(start, chunk) -> (k,) bool: the variants of the chunk starting at variant ``start`` that GEMMA's ``-gk``
+    uses (:func:`passing_variants` on the analyzed samples, and variant_mask: (M,) bool or None for all)."""
     analyzed = np.asarray(analyzed, dtype=bool)
     mask = np.ones(genotypes.shape[1], bool) if variant_mask is None else np.asarray(variant_mask, bool)
-    total, used = _accumulate(
-        genotypes, lambda start, chunk: passing_variants(chunk[analyzed], min_maf, max_missing)
-        & mask[start:start + chunk.shape[1]], standardize, chunk_size)
+    return lambda start, chunk: (passing_variants(chunk[analyzed], min_maf, max_missing)
+                                 & mask[start:start + chunk.shape[1]])
+
+
+def _check_used(used: int) -> None:
     if used == 0:
         raise InputError("no variant passes the kinship filters (min_maf, max_missing); cannot build a kinship")
-    return total / used, used
 
 
 def _accumulate(genotypes, keep_of_chunk, standardize, chunk_size) -> tuple[np.ndarray, int]:
@@ -198,23 +208,20 @@ class LocoKinships:
         self._order = list(dict.fromkeys(self._chromosomes.tolist()))  # in order of appearance
         self.held = loco_held(n) if held is None else max(1, int(held))
         self.passes = 0
-        analyzed = np.asarray(analyzed, dtype=bool)
-        mask = np.ones(m, bool) if variant_mask is None else np.asarray(variant_mask, bool)
         self._kept = np.zeros(m, bool)  # passing the filters and the mask, found in the first pass
+        kinship_filter = _kinship_filter(genotypes, analyzed, min_maf, max_missing, variant_mask)
 
         def keep_of_chunk(start, chunk):
-            keep = passing_variants(chunk[analyzed], min_maf, max_missing) & mask[start:start + chunk.shape[1]]
+            keep = kinship_filter(start, chunk)
             self._kept[start:start + chunk.shape[1]] = keep
             return keep
 
-        self.whole = np.zeros((n, n))
-        self._sums = {}
-        self._sums = self._pass(self._batch(self._order[0] if first is None else str(first)), keep_of_chunk,
-                                self.whole)
+        self.whole, self._sums = np.zeros((n, n)), {}
+        self._sums.update(self._pass(self._batch(self._order[0] if first is None else str(first)), keep_of_chunk,
+                                     self.whole))
         self.used = {c: int(np.count_nonzero(self._kept & (self._chromosomes == c))) for c in self._order}
         self.whole_used = sum(self.used.values())
-        if self.whole_used == 0:
-            raise InputError("no variant passes the kinship filters (min_maf, max_missing); cannot build a kinship")
+        _check_used(self.whole_used)
 
     def _batch(self, chromosome: str) -> list:
         """The chromosomes whose sums the next pass builds: this one and the next ones in order of appearance that

@@ -664,7 +664,12 @@ def default_chunk_size(n: int) -> int:
     samples. Whole process on 2 cores, N = 500 M = 300k (4 alternated pairs each): 4.51 s with chunks of 512,
     4.13 s with 1024, 3.97 s with 2048, 3.80 s with 4096; mouse HS1940 (n = 1410): 1.73 s with 512 or 1024.
     Results do not depend on it (the same table byte for byte)."""
-    return int(min(4096, max(512, 1 << int(np.log2(max(CHUNK_CELLS // max(int(n), 1), 1))))))
+    return min(4096, max(512, _power_of_two_at_most(CHUNK_CELLS // max(int(n), 1))))
+
+
+def _power_of_two_at_most(x: int) -> int:
+    """The largest power of two <= x (1 for x < 2)."""
+    return 1 << max(int(x), 1).bit_length() - 1
 
 
 FIT_BLOCK_CELLS_CPU = 64 * 1409  # m x variants per Newton block on CPU: its (m, 2 x block) arrays stay in cache
@@ -676,7 +681,7 @@ def _fit_block_cpu(m: int) -> int:
     on a 512-variant chunk, one core: mouse HS1940 (m = 1409) 69 ms with blocks of 64, 73 ms with 32 or 128, 104 ms
     with 256; N = 500 (m = 499) 14.8 ms with 64 or 128, 17.0 ms with 256. Whole process, N = 500 M = 300k, blocks
     of 128 against 256: 8.67-8.85 s against 9.22-10.28 s."""
-    return 1 << max(4, int(np.log2(max(FIT_BLOCK_CELLS_CPU // max(m, 1), 1))))
+    return max(16, _power_of_two_at_most(FIT_BLOCK_CELLS_CPU // max(m, 1)))
 
 
 def _device_placement(chunk_size: int, m: int):

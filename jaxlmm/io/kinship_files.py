@@ -14,12 +14,12 @@ import contextvars
 import gzip
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..validate import InputError
+from .kept_files import keep_recent, write_whole
 
 KEPT_KINSHIPS = 4
 _FOLDER: contextvars.ContextVar = contextvars.ContextVar("jaxlmm_kinships", default=None)
@@ -87,26 +87,12 @@ def _load_kept(kept: Path) -> np.ndarray | None:
 def _keep(kept: Path, matrix: np.ndarray) -> None:
     """Keep a parsed matrix (written whole, then renamed: a reader never sees part of one) and remove all but the
     :data:`KEPT_KINSHIPS` most recently used. Keeping is an optimization: failing to keep is not an error."""
-    written = None
     try:
         kept.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("wb", dir=kept.parent, delete=False, suffix=".tmp") as handle:
-            written = handle.name
-            np.save(handle, matrix)
-        os.replace(written, kept)
-        by_use = sorted(kept.parent.glob("kinship-*.npy"), key=_last_use, reverse=True)
-        for old in by_use[KEPT_KINSHIPS:]:
-            old.unlink(missing_ok=True)
+        write_whole(kept, lambda handle: np.save(handle, matrix))
+        keep_recent(kept.parent, "kinship-*.npy", KEPT_KINSHIPS)
     except OSError:
-        if written is not None and os.path.exists(written):
-            os.unlink(written)
-
-
-def _last_use(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:  # removed meanwhile by another process
-        return 0.0
+        pass
 
 
 NUMPY_TEXT_BYTES = 8 << 20  # text kinships up to this size are read by numpy alone (see _read_text_matrix)
@@ -198,13 +184,14 @@ def _split_text_matrix(path) -> np.ndarray:
 def write_kinship(path, matrix: np.ndarray) -> None:
     """Write atomically: ``.npy`` exact, anything else as GEMMA's tab-separated text with 10 significant digits."""
     path = str(path)
-    directory = os.path.dirname(os.path.abspath(path))
+
+    def write(handle):
+        if path.endswith(".npy"):
+            np.save(handle, np.asarray(matrix, dtype=float))
+        else:
+            np.savetxt(handle, matrix, fmt="%.10g", delimiter="\t")
+
     try:
-        with tempfile.NamedTemporaryFile("wb", dir=directory, delete=False, suffix=".tmp") as handle:
-            if path.endswith(".npy"):
-                np.save(handle, np.asarray(matrix, dtype=float))
-            else:
-                np.savetxt(handle, matrix, fmt="%.10g", delimiter="\t")
-        os.replace(handle.name, path)
+        write_whole(path, write)
     except OSError as err:
         raise InputError(f"cannot write kinship {path}: {err}") from None
